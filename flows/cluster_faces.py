@@ -1,0 +1,18 @@
+"""Subflow 3: group the catalog's faces into persons."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.cluster import ClusterPhase
+from tasks.phase import PhaseSummary, run_phase
+
+
+@flow(name="cluster-faces", flow_run_name="cluster faces")
+def cluster_faces() -> PhaseSummary:
+    """Cluster every face of the current face model into persons."""
+    return run_phase(ClusterPhase())
+
+
+if __name__ == "__main__":
+    cluster_faces()

@@ -1,0 +1,22 @@
+"""Subflow 2: detect, align and embed faces; crops and rows into the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.faces import FacesPhase
+from tasks.phase import PhaseSummary, run_phase
+
+
+@flow(name="detect-faces", flow_run_name="faces {folder}")
+def detect_faces(folder: str) -> PhaseSummary:
+    """Find and embed the faces in every photo under `folder`."""
+    return run_phase(FacesPhase(Path(folder)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    detect_faces(sys.argv[1])

@@ -1,0 +1,22 @@
+"""Subflow 1: CLIP embeddings of every photo, into Qdrant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.embed import EmbedPhase
+from tasks.phase import PhaseSummary, run_phase
+
+
+@flow(name="embed-images", flow_run_name="embed {folder}")
+def embed_images(folder: str) -> PhaseSummary:
+    """Embed every photo under `folder` with CLIP and store the vectors."""
+    return run_phase(EmbedPhase(Path(folder)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    embed_images(sys.argv[1])

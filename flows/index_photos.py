@@ -1,0 +1,103 @@
+"""The parent flow: one indexing session runs the three phases in order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.states import Pending
+
+from flows.cluster_faces import cluster_faces
+from flows.detect_faces import detect_faces
+from flows.embed_images import embed_images
+from photoindex.settings import get_settings
+from tasks.catalog import Catalog
+from tasks.phase import PhaseSummary
+from tasks.vectors import close_clients
+
+
+def session_name(folder: str) -> str:
+    """A readable run name: the folder and the time."""
+    return f"{Path(folder).name or folder} {datetime.now(UTC):%Y-%m-%d %H:%M}"
+
+
+@flow(name="index-photos", flow_run_name=lambda: "index " + _run_folder())
+def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
+    """Index a photo folder: CLIP embeddings, then faces and persons."""
+    log = get_run_logger()
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    folder = str(root.resolve())
+    summaries = [embed_images(folder)]
+    close_clients()  # release local Qdrant's lock as soon as the vectors are in
+    if faces:
+        summaries.append(detect_faces(folder))
+        summaries.append(cluster_faces())
+    Catalog().write_duckdb_file()
+    for s in summaries:
+        log.info(
+            "%s: %d items, %d new, %d reused, %d skipped, %d failed in %.1f s",
+            s.phase,
+            s.total,
+            s.processed,
+            s.reused,
+            s.skipped,
+            s.failed,
+            s.seconds,
+        )
+    return summaries
+
+
+def _run_folder() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    return session_name(str(params.get("folder", "?")))
+
+
+async def create_session(folder: Path, faces: bool = True) -> UUID:
+    """Create the parent flow run of a new session, not yet started."""
+    params = {"folder": str(folder), "faces": faces}
+    async with get_client() as client:
+        run = await client.create_flow_run(
+            index_photos,
+            parameters=params,
+            name="index " + session_name(str(folder)),
+            state=Pending(),
+        )
+    return run.id
+
+
+def start_session_process(session_id: UUID) -> subprocess.Popen[bytes]:
+    """Run a created session in its own process, so a crash cannot take the caller down."""
+    settings = get_settings()
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"session-{session_id}.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "photoindex.runner", str(session_id)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+
+
+def submit_session(folder: Path, faces: bool = True) -> UUID:
+    """Create a session and start it in a separate process; returns at once."""
+    import asyncio
+
+    session_id = asyncio.run(create_session(folder, faces))
+    start_session_process(session_id)
+    return session_id
+
+
+if __name__ == "__main__":
+    index_photos(sys.argv[1])

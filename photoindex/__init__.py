@@ -1,0 +1,1 @@
+"""photoindex: a self-hosted photo-library indexer built on Prefect."""

@@ -1,0 +1,252 @@
+"""The `photoindex` command line: index, watch, search, persons, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from photoindex.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from api.schemas import UnifiedProgressResponse
+
+app = typer.Typer(
+    help="Index a photo folder (CLIP search, faces, persons) with Prefect, and query it.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+PHASE_LABELS = {
+    "training": "🎨 Training - Generating CLIP Embeddings",
+    "face_detection": "😊 Face Detection - Analyzing Faces",
+    "clustering": "🔗 Clustering - Grouping Similar Faces",
+    "completed": "✓ All Phases Complete",
+}
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and leave with `code`."""
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _prefect(settings: Settings) -> str:
+    from photoindex.prefect_server import PrefectUnavailable, ensure_prefect_api
+
+    try:
+        api_url, _ = ensure_prefect_api(settings)
+    except PrefectUnavailable as e:
+        raise fail(str(e), 1) from e
+    return api_url
+
+
+def _fmt_eta(seconds: int | None) -> str:
+    if seconds is None:
+        return "ETA —"
+    m, s = divmod(int(seconds), 60)
+    return f"ETA {m}:{s:02d}"
+
+
+def watch_session(session_id: UUID, poll_s: float = 1.0) -> UnifiedProgressResponse:
+    """Show one live bar of the session's unified progress until it ends."""
+    from api.prefect_reader import get_unified_progress
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("starting", total=100.0, detail="")
+        while True:
+            progress = asyncio.run(get_unified_progress(session_id))
+            overall = progress.overall_progress
+            phase_key = {
+                "training": "training",
+                "face_detection": "faceDetection",
+                "clustering": "clustering",
+            }.get(overall.current_phase)
+            detail = _fmt_eta(overall.eta_seconds)
+            if phase_key is not None:
+                p = getattr(progress.phases, phase_key).progress
+                rate = f" {p.images_per_minute:.0f}/min" if p.images_per_minute else ""
+                detail = f"{p.current}/{p.total}{rate}  {detail}"
+            bar.update(
+                task,
+                completed=overall.percentage,
+                description=PHASE_LABELS.get(overall.current_phase, overall.current_phase),
+                detail=detail,
+            )
+            if progress.overall_status in TERMINAL:
+                return progress
+            time.sleep(poll_s)
+
+
+def _report(progress: UnifiedProgressResponse) -> None:
+    table = Table(title=f"session {progress.session_id}: {progress.overall_status}")
+    for col in ("phase", "status", "done", "skipped", "images/min", "seconds"):
+        table.add_column(col)
+    for key in ("training", "faceDetection", "clustering"):
+        phase = getattr(progress.phases, key)
+        p = phase.progress
+        secs = ""
+        if phase.started_at and phase.completed_at:
+            secs = f"{(phase.completed_at - phase.started_at).total_seconds():.1f}"
+        table.add_row(
+            phase.name,
+            phase.status,
+            f"{p.current}/{p.total}",
+            str(getattr(p, "skipped", "")),
+            f"{p.images_per_minute:.0f}" if p.images_per_minute else "",
+            secs,
+        )
+    console.print(table)
+    for warning in progress.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of photos, searched recursively.")],
+    no_faces: Annotated[
+        bool, typer.Option("--no-faces", help="Skip face detection and clustering.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Start the session and return its id at once.")
+    ] = False,
+) -> None:
+    """Index FOLDER: CLIP vectors, then faces and persons, with a live progress bar."""
+    if not folder.is_dir():
+        raise fail(f"folder not found: {folder}")
+    settings = get_settings()
+    api_url = _prefect(settings)
+    from flows.index_photos import create_session, start_session_process
+
+    session_id = asyncio.run(create_session(folder.resolve(), faces=not no_faces))
+    proc = start_session_process(session_id)
+    console.print(f"session [bold]{session_id}[/bold] — Prefect UI: {api_url.removesuffix('/api')}")
+    if detach:
+        return
+    try:
+        progress = watch_session(session_id)
+    except KeyboardInterrupt:
+        proc.terminate()
+        raise fail(
+            "interrupted; the session was stopped and can be resumed by re-running", 130
+        ) from None
+    proc.wait()
+    _report(progress)
+    _print_catalog_summary(settings)
+    if progress.overall_status != "completed":
+        failed = [getattr(progress.phases, k) for k in ("training", "faceDetection", "clustering")]
+        why = "; ".join(
+            f"{p.name} {p.status}" for p in failed if p.status in {"failed", "cancelled"}
+        )
+        raise fail(f"session {progress.overall_status}: {why or 'see the Prefect UI'}", 1)
+
+
+@app.command()
+def watch(session_id: Annotated[UUID, typer.Argument(help="The session (flow run) id.")]) -> None:
+    """Follow a running session's progress until it ends."""
+    settings = get_settings()
+    _prefect(settings)
+    progress = watch_session(session_id)
+    _report(progress)
+    if progress.overall_status != "completed":
+        raise fail(f"session {progress.overall_status}", 1)
+
+
+def _print_catalog_summary(settings: Settings) -> None:
+    from tasks.catalog import Catalog
+
+    rows = Catalog(settings).query(
+        "SELECT (SELECT count(*) FROM images WHERE status = 'indexed') AS images, "
+        "(SELECT count(*) FROM images WHERE status <> 'indexed') AS skipped, "
+        "(SELECT count(*) FROM faces) AS faces, (SELECT count(*) FROM persons) AS persons"
+    )
+    r = rows[0]
+    console.print(
+        f"catalog: {r['images']} images indexed, {r['skipped']} skipped, "
+        f"{r['faces']} faces, {r['persons']} persons — {settings.data_dir.resolve()}"
+    )
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for, e.g. 'a cat on a sofa'.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
+) -> None:
+    """Find the photos that best match TEXT."""
+    from tasks.embed import clip_embedder
+    from tasks.models.clip import ClipWeightsError
+    from tasks.vectors import VectorStore, VectorStoreBusy
+
+    settings = get_settings()
+    model = clip_embedder(settings)
+    try:
+        vector = model.embed_text([text])[0]
+        hits = VectorStore(model.model_id, settings).search(vector, k)
+    except (ClipWeightsError, VectorStoreBusy) as e:
+        raise fail(str(e), 1) from e
+    if not hits:
+        raise fail("nothing indexed yet for this CLIP model: run `photoindex index DIR` first", 1)
+    for path, score, _ in hits:
+        console.print(f"{score:6.3f}  {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def persons(
+    limit: Annotated[int, typer.Option(help="How many persons to list.")] = 50,
+    samples: Annotated[int, typer.Option(help="Sample crops per person.")] = 3,
+) -> None:
+    """List the persons found, largest first, with face counts and sample crops."""
+    from tasks.catalog import Catalog
+
+    rows = Catalog(get_settings()).persons(limit=limit, samples=samples)
+    if not rows:
+        raise fail("no persons yet: index a folder with faces first", 1)
+    for r in rows:
+        console.print(f"[bold]{r['person_id']}[/bold]  {r['face_count']} faces")
+        for crop in r["sample_crops"]:
+            console.print(f"    {crop}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API and progress page.")] = 8000,
+) -> None:
+    """Serve the REST API and progress page, with the local Prefect server."""
+    import uvicorn
+
+    settings = get_settings()
+    api_url = _prefect(settings)
+    console.print(
+        f"photoindex on http://{host}:{port}/ — Prefect UI: {api_url.removesuffix('/api')}"
+    )
+    from api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    """Entry point of the `photoindex` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The embed phase: CLIP image embeddings into the vector store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from photoindex.settings import Settings
+from tasks.catalog import display_path, now_utc
+from tasks.discover import ImageRef
+from tasks.images import ImagePhase
+from tasks.models.clip import ClipEmbedder
+from tasks.phase import BatchOutcome
+from tasks.vectors import VectorStore
+
+
+@lru_cache(maxsize=4)
+def _embedder(model: str, pretrained: str, config: Path | None, threads: int) -> ClipEmbedder:
+    return ClipEmbedder(model_name=model, pretrained=pretrained, config=config, threads=threads)
+
+
+def clip_embedder(settings: Settings) -> ClipEmbedder:
+    """One CLIP model per process and model setting; loaded on first use."""
+    return _embedder(
+        settings.clip_model, settings.clip_pretrained, settings.clip_config, settings.threads
+    )
+
+
+@dataclass
+class Prepared:
+    """A decoded batch: model-ready tensors for the good photos, reasons for the bad."""
+
+    refs: list[ImageRef]
+    sizes: list[tuple[int, int]]
+    pixels: torch.Tensor | None
+    skipped: list[tuple[ImageRef, str]]
+
+
+@dataclass
+class Embedded:
+    prepared: Prepared
+    vectors: np.ndarray
+
+
+class EmbedPhase(ImagePhase[Prepared, Embedded]):
+    """Embed every photo with CLIP; vectors go to Qdrant."""
+
+    name = "embed"
+    max_side = 448  # enough for CLIP's 224 px centre crop after resize
+
+    def __init__(self, folder: Path, settings: Settings | None = None) -> None:
+        super().__init__(folder, settings)
+        self.batch_size = self.settings.clip_batch_size
+        self.model = clip_embedder(self.settings)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def read(self, batch: Sequence[ImageRef]) -> Prepared:
+        self.model.load()
+        refs: list[ImageRef] = []
+        sizes: list[tuple[int, int]] = []
+        tensors: list[torch.Tensor] = []
+        skipped: list[tuple[ImageRef, str]] = []
+        for ref, decoded in self.decode(batch):
+            if isinstance(decoded, Exception):
+                skipped.append((ref, decoded.reason))
+                continue
+            refs.append(ref)
+            sizes.append((decoded.width, decoded.height))
+            tensors.append(self.model.preprocess(decoded.image))
+        pixels = torch.stack(tensors) if tensors else None
+        return Prepared(refs, sizes, pixels, skipped)
+
+    def compute(self, batch: Prepared) -> Embedded:
+        if batch.pixels is None:
+            return Embedded(batch, np.zeros((0, 0), dtype=np.float32))
+        return Embedded(batch, self.model.embed_tensors(batch.pixels))
+
+    def write(self, result: Embedded) -> BatchOutcome:
+        prepared = result.prepared
+        rows: list[dict[str, Any]] = [
+            self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
+            for ref, reason in prepared.skipped
+        ]
+        if prepared.refs:
+            indexed_at = now_utc().isoformat()
+            payloads = [
+                {
+                    "path": display_path(ref.path),
+                    "sha256": ref.sha256,
+                    "width": w,
+                    "height": h,
+                    "indexed_at": indexed_at,
+                }
+                for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
+            ]
+            VectorStore(self.model_id, self.settings).upsert(result.vectors, payloads)
+            rows += [
+                self.status(ref.sha256, ref.path, "indexed", sha256=ref.sha256, width=w, height=h)
+                for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
+            ]
+        return BatchOutcome(rows)

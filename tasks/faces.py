@@ -1,0 +1,143 @@
+"""The faces phase: detect, align and embed faces; crops to JPEG, rows to Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from photoindex.settings import Settings
+from tasks.catalog import display_path, now_utc
+from tasks.discover import ImageRef
+from tasks.images import ImagePhase
+from tasks.models.faces import Face, FaceAnalyzer
+from tasks.phase import BatchOutcome
+
+
+@lru_cache(maxsize=4)
+def _analyzer(
+    detector: Path | None,
+    encoder: Path | None,
+    pack: Path | None,
+    models_dir: Path,
+    det_size: int,
+    threshold: float,
+    threads: int,
+) -> FaceAnalyzer:
+    return FaceAnalyzer(
+        detector_path=detector,
+        encoder_path=encoder,
+        pack_dir=pack,
+        models_dir=models_dir,
+        det_size=det_size,
+        det_threshold=threshold,
+        threads=threads,
+    )
+
+
+def face_analyzer(settings: Settings) -> FaceAnalyzer:
+    """One face analyzer per process and model setting; loaded on first use."""
+    return _analyzer(
+        settings.face_detector,
+        settings.face_encoder,
+        settings.face_pack,
+        settings.models_dir,
+        settings.face_det_size,
+        settings.face_det_threshold,
+        settings.threads,
+    )
+
+
+def face_id(sha256: str, model: str, index: int) -> str:
+    """A face's id: the same photo, model and detection order give the same id."""
+    return hashlib.sha256(f"{sha256}:{model}:{index}".encode()).hexdigest()[:20]
+
+
+@dataclass
+class Loaded:
+    photos: list[tuple[ImageRef, np.ndarray, float]]  # BGR pixels, scale to original size
+    skipped: list[tuple[ImageRef, str]]
+
+
+@dataclass
+class Found:
+    loaded: Loaded
+    faces: list[list[Face]]
+
+
+class FacesPhase(ImagePhase[Loaded, Found]):
+    """Find and embed the faces in every photo."""
+
+    name = "faces"
+    max_side = 1600  # big enough for small faces in group photos, far cheaper than 12 MP
+
+    def __init__(self, folder: Path, settings: Settings | None = None) -> None:
+        super().__init__(folder, settings)
+        self.batch_size = self.settings.face_batch_size
+        self.analyzer = face_analyzer(self.settings)
+
+    @property
+    def model_id(self) -> str:
+        return self.analyzer.model_id
+
+    def read(self, batch: Sequence[ImageRef]) -> Loaded:
+        photos: list[tuple[ImageRef, np.ndarray, float]] = []
+        skipped: list[tuple[ImageRef, str]] = []
+        for ref, decoded in self.decode(batch):
+            if isinstance(decoded, Exception):
+                skipped.append((ref, decoded.reason))
+                continue
+            rgb = np.asarray(decoded.image)
+            scale = decoded.width / max(1, rgb.shape[1])
+            photos.append((ref, np.ascontiguousarray(rgb[:, :, ::-1]), scale))
+        return Loaded(photos, skipped)
+
+    def compute(self, batch: Loaded) -> Found:
+        return Found(batch, [self.analyzer.analyze(bgr) for _, bgr, _ in batch.photos])
+
+    def write(self, result: Found) -> BatchOutcome:
+        rows: list[dict[str, Any]] = [
+            self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
+            for ref, reason in result.loaded.skipped
+        ]
+        face_rows: list[dict[str, Any]] = []
+        indexed_at = now_utc()
+        for (ref, _, scale), faces in zip(result.loaded.photos, result.faces, strict=True):
+            for index, face in enumerate(faces):
+                fid = face_id(ref.sha256, self.model_id, index)
+                crop = self.settings.crops_dir / fid[:2] / f"{fid}.jpg"
+                save_jpeg(face.crop[:, :, ::-1], crop)
+                face_rows.append(
+                    {
+                        "face_id": fid,
+                        "image_sha256": ref.sha256,
+                        "image_path": display_path(ref.path),
+                        "bbox": [float(v) * scale for v in face.bbox],
+                        "score": float(face.score),
+                        "landmarks": [float(v) * scale for xy in face.kps for v in xy],
+                        "embedding": face.embedding.astype(np.float32).tolist(),
+                        "model": self.model_id,
+                        "crop_path": str(crop.resolve()),
+                        "indexed_at": indexed_at,
+                    }
+                )
+            rows.append(
+                self.status(ref.sha256, ref.path, "indexed", sha256=ref.sha256, n_faces=len(faces))
+            )
+        # Face rows land before the status rows that mark their photos done.
+        self.catalog.append("faces", face_rows, name="faces")
+        return BatchOutcome(rows)
+
+
+def save_jpeg(rgb: np.ndarray, dest: Path) -> None:
+    """Save a crop as JPEG, atomically, so a crash never leaves half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".jpg.tmp")
+    Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="JPEG", quality=92)
+    tmp.replace(dest)

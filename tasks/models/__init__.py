@@ -1,0 +1,1 @@
+"""Model wrappers: each model is wrapped once, loaded lazily."""

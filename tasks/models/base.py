@@ -1,0 +1,73 @@
+"""The one base class for models and the one place that builds onnxruntime sessions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+def onnx_session(model_path: Path, threads: int = 1) -> ort.InferenceSession:
+    """Build a CPU onnxruntime session with a fixed thread count."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+class InferenceModel(ABC, Generic[In, Out]):
+    """A model with a lazy, thread-safe `load()` and an abstract `_predict()`."""
+
+    model_id: str = "unknown"
+
+    def __init__(self) -> None:
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the model once; later calls do nothing."""
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                logger.info("loading model %s", self.model_id)
+                self._load()
+                self._loaded = True
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def predict(self, inputs: In) -> Out:
+        """Run the model, loading it first if needed."""
+        self.load()
+        return self._predict(inputs)
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _predict(self, inputs: In) -> Out: ...
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loaded weights and sessions never travel between processes; each loads its own.
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        state["_loaded"] = False
+        return {k: v for k, v in state.items() if not k.startswith("_m_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

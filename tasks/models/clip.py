@@ -1,0 +1,223 @@
+"""CLIP image and text embeddings through open_clip, with weights from a tag or a local file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError
+
+from photoindex.settings import get_settings
+from tasks.models.base import InferenceModel
+
+logger = logging.getLogger(__name__)
+
+Embeddings = npt.NDArray[np.float32]
+
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".npz", ".npy"}
+
+# What open_clip raises when weights cannot be had or do not fit the architecture (all checked):
+# RuntimeError - a tag's download failed (offline, hub unreachable) or the state dict mismatches;
+# AssertionError - open_clip's positional-embedding resize meets weights of another width;
+# SafetensorError / UnpicklingError - the file is not a readable checkpoint.
+_WEIGHT_LOAD_ERRORS = (RuntimeError, AssertionError, SafetensorError, pickle.UnpicklingError)
+
+
+class ClipModelError(RuntimeError):
+    """The CLIP architecture or its config cannot be found."""
+
+
+class ClipWeightsError(ClipModelError):
+    """CLIP weights cannot be had: no download, unknown tag, or a missing or unfit file."""
+
+
+class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
+    """open_clip model that embeds photos and texts as L2-normalised float32 vectors."""
+
+    # Loaded state is prefixed `_m_` so pickling drops it; class defaults cover unpickled copies.
+    _m_model: Any = None
+    _m_preprocess: Callable[[Image.Image], torch.Tensor] | None = None
+    _m_tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+    _m_dim: int | None = None
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        pretrained: str | Path | None = None,
+        config: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        settings = get_settings()
+        self.config: Path | None = config if config is not None else settings.clip_config
+        if model_name is not None:
+            name = model_name
+        elif self.config is not None and (
+            config is not None or "clip_model" not in settings.model_fields_set
+        ):
+            name = self.config.stem
+        else:
+            name = settings.clip_model
+        self.model_name: str = name
+        self.pretrained: str = str(
+            pretrained if pretrained is not None else settings.clip_pretrained
+        )
+        self.threads: int = threads if threads is not None else settings.threads
+        self._model_id: str | None = None
+
+    # The base declares model_id as a plain class attribute; here it is derived and read-only.
+    @property
+    def model_id(self) -> str:  # type: ignore[override]
+        """Architecture plus weights, e.g. "ViT-B-32:laion2b_s34b_b79k" or "arch:file:sha12"."""
+        if self._model_id is None:
+            kind, source = self._weights_source()
+            if kind == "tag":
+                self._model_id = f"{self.model_name}:{source}"
+            else:
+                path = Path(source)
+                with path.open("rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                self._model_id = f"{self.model_name}:{path.name}:{digest[:12]}"
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        """Embedding width, as the loaded model produces it."""
+        self.load()
+        assert self._m_dim is not None
+        return self._m_dim
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """The model's own open_clip transform: one photo to a (3, H, W) tensor."""
+        self.load()
+        assert self._m_preprocess is not None
+        return self._m_preprocess(img)
+
+    def embed_tensors(self, batch: torch.Tensor) -> Embeddings:
+        """Embed a batch of already preprocessed photos, shape (N, 3, H, W)."""
+        self.load()
+        with torch.inference_mode():
+            return _unit_rows(self._m_model.encode_image(batch))
+
+    def embed_text(self, texts: list[str]) -> Embeddings:
+        """Embed texts with the model's own tokenizer, one unit row per text."""
+        self.load()
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        tokenizer = self._m_tokenizer
+        if tokenizer is None:
+            with self._lock:
+                if self._m_tokenizer is None:
+                    self._m_tokenizer = open_clip.get_tokenizer(self.model_name)
+                tokenizer = self._m_tokenizer
+        assert tokenizer is not None
+        with torch.inference_mode():
+            return _unit_rows(self._m_model.encode_text(tokenizer(texts)))
+
+    def _predict(self, inputs: list[Image.Image]) -> Embeddings:
+        if not inputs:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.embed_tensors(torch.stack([self.preprocess(img) for img in inputs]))
+
+    def _load(self) -> None:
+        if self.config is not None:
+            self._register_config(self.config)
+        if self.model_name not in open_clip.list_models():
+            raise ClipModelError(
+                f"open_clip does not know the CLIP architecture '{self.model_name}'. Set "
+                "PHOTOINDEX_CLIP_MODEL to one of open_clip.list_models() (e.g. ViT-B-32), or "
+                "PHOTOINDEX_CLIP_CONFIG=/path/to/<arch>.json for an architecture of your own."
+            )
+        kind, source = self._weights_source()
+        model_id = self.model_id  # hash the file before open_clip reads it
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=source
+            )
+        except _WEIGHT_LOAD_ERRORS as e:
+            raise ClipWeightsError(self._load_failure(kind, source, e)) from e
+        model.eval()
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            probe = model.encode_image(preprocess(Image.new("RGB", (64, 64)))[None])
+        self._m_model = model
+        self._m_preprocess = preprocess
+        self._m_dim = int(probe.shape[-1])
+        logger.info("loaded CLIP %s (dim %d, %d threads)", model_id, self._m_dim, self.threads)
+
+    def _register_config(self, config: Path) -> None:
+        if not config.is_file():
+            raise ClipModelError(
+                f"CLIP model config not found: {config}. Set PHOTOINDEX_CLIP_CONFIG to an existing "
+                "open_clip model-config JSON, or unset it to use a built-in architecture."
+            )
+        if config.stem != self.model_name:
+            raise ClipModelError(
+                f"open_clip names the architecture in {config} '{config.stem}' (the file's stem), "
+                f"but the model name is '{self.model_name}'. Rename the file to "
+                f"{self.model_name}.json, or set PHOTOINDEX_CLIP_MODEL={config.stem}."
+            )
+        open_clip.add_model_config(config)
+
+    def _weights_source(self) -> tuple[Literal["tag", "file"], str]:
+        """Classify `pretrained` as a known tag or an existing file; raise if it is neither."""
+        if open_clip.get_pretrained_cfg(self.model_name, self.pretrained):
+            return "tag", self.pretrained
+        path = Path(self.pretrained).expanduser()
+        if path.is_file():
+            return "file", str(path)
+        if "/" in self.pretrained or "\\" in self.pretrained or path.suffix in _WEIGHT_SUFFIXES:
+            problem = f"CLIP weights file not found: {self.pretrained}."
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(self.model_name)
+            known = f"known tags: {', '.join(tags)}" if tags else "it has no known tags"
+            problem = (
+                f"'{self.pretrained}' is neither an open_clip pretrained tag for "
+                f"'{self.model_name}' ({known}) nor an existing file."
+            )
+        raise ClipWeightsError(f"{problem} {self._fix_hint()}")
+
+    def _load_failure(self, kind: Literal["tag", "file"], source: str, err: BaseException) -> str:
+        if kind == "tag":
+            hub = str(open_clip.get_pretrained_cfg(self.model_name, source).get("hf_hub", ""))
+            where = f" from https://huggingface.co/{hub.rstrip('/')}" if hub else ""
+            return (
+                f"Could not download CLIP weights '{source}' for '{self.model_name}'{where} "
+                f"(offline or hub unreachable?): {_sentence(err)} {self._fix_hint()}"
+            )
+        return (
+            f"CLIP weights file {source} could not be loaded as '{self.model_name}' (corrupt, "
+            f"or weights for another architecture): {_sentence(err)} {self._fix_hint()}"
+        )
+
+    def _fix_hint(self) -> str:
+        arch = f"PHOTOINDEX_CLIP_MODEL={self.model_name}"
+        if self.config is not None:
+            arch += f" and PHOTOINDEX_CLIP_CONFIG={self.config}"
+        return (
+            "To fix: get the open_clip weights for this architecture on a machine with internet "
+            "(e.g. open_clip_model.safetensors from the model hub), copy the file here, and set "
+            "PHOTOINDEX_CLIP_PRETRAINED=/path/to/open_clip_model.safetensors together with "
+            f"{arch} (the architecture)."
+        )
+
+
+def _sentence(err: BaseException) -> str:
+    """An exception's text ending in exactly one full stop."""
+    return str(err).strip().rstrip(".") + "."
+
+
+def _unit_rows(features: torch.Tensor) -> Embeddings:
+    """L2-normalise each row in float32 and hand it back as a numpy array."""
+    unit = F.normalize(features.float(), dim=-1)
+    return np.ascontiguousarray(unit.cpu().numpy(), dtype=np.float32)

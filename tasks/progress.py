@@ -1,0 +1,117 @@
+"""One progress artifact per phase, throttled, with machine-readable counts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+PHASE_ARTIFACT_KEYS = {
+    "embed": "photoindex-embed",
+    "faces": "photoindex-faces",
+    "cluster": "photoindex-cluster",
+}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a phase has done so far; `current` includes skipped and failed items."""
+
+    current: int
+    total: int
+    skipped: int = 0
+    failed: int = 0
+    per_minute: float = 0.0
+    done: bool = False
+
+    @property
+    def percentage(self) -> float:
+        if self.done:
+            return 100.0
+        if self.total <= 0:
+            return 0.0
+        return min(100.0, 100.0 * self.current / self.total)
+
+    def describe(self) -> str:
+        """The artifact description: `key=value` pairs a person and a parser can both read."""
+        return (
+            f"current={self.current} total={self.total} skipped={self.skipped} "
+            f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)}"
+        )
+
+    @classmethod
+    def parse(cls, description: str | None) -> Counts | None:
+        """Read counts back from an artifact description; None when it carries none."""
+        if not description:
+            return None
+        pairs = dict(part.split("=", 1) for part in description.split() if "=" in part)
+        try:
+            return cls(
+                current=int(pairs["current"]),
+                total=int(pairs["total"]),
+                skipped=int(pairs.get("skipped", 0)),
+                failed=int(pairs.get("failed", 0)),
+                per_minute=float(pairs.get("per_minute", 0.0)),
+                done=pairs.get("done", "0") == "1",
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass
+class ProgressReporter:
+    """Publishes a phase's progress artifact, at most once per `interval_s`."""
+
+    phase: str
+    total: int
+    interval_s: float = 1.0
+    current: int = 0
+    skipped: int = 0
+    failed: int = 0
+    _artifact_id: UUID | None = None
+    _started: float = field(default_factory=time.monotonic)
+    _last_publish: float = 0.0
+    _work_done: int = 0
+
+    def start(self) -> None:
+        """Create the artifact at 0 (or at what earlier runs already did)."""
+        artifact_id = create_progress_artifact(
+            progress=self.counts().percentage,
+            key=PHASE_ARTIFACT_KEYS[self.phase],
+            description=self.counts().describe(),
+        )
+        assert isinstance(artifact_id, UUID)  # the sync call in a sync flow
+        self._artifact_id = artifact_id
+        self._last_publish = time.monotonic()
+
+    def advance(self, processed: int = 0, skipped: int = 0, failed: int = 0) -> None:
+        """Count finished items and publish if the throttle allows."""
+        self.current += processed + skipped + failed
+        self.skipped += skipped
+        self.failed += failed
+        self._work_done += processed + skipped + failed
+        if time.monotonic() - self._last_publish >= self.interval_s:
+            self.publish()
+
+    def counts(self, done: bool = False) -> Counts:
+        elapsed = time.monotonic() - self._started
+        rate = 60.0 * self._work_done / elapsed if elapsed > 0 else 0.0
+        return Counts(self.current, self.total, self.skipped, self.failed, rate, done)
+
+    def publish(self, done: bool = False) -> None:
+        """Write the current counts to the artifact now."""
+        counts = self.counts(done)
+        if self._artifact_id is None:
+            self.start()
+        assert self._artifact_id is not None
+        update_progress_artifact(
+            self._artifact_id, progress=counts.percentage, description=counts.describe()
+        )
+        self._last_publish = time.monotonic()
+
+    def finish(self) -> None:
+        """Move the artifact to 100."""
+        self.current = max(self.current, self.total)
+        self.publish(done=True)

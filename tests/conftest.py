@@ -1,0 +1,63 @@
+"""Session-wide test setup: offline Prefect harness, a data folder, a tiny CLIP model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect: offline, quiet, and no hub downloads.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny open_clip model with random weights, built now: (config, weights)."""
+    from tests.clip_tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_clip: tuple[Path, Path]
+) -> Iterator[Path]:
+    """One data folder for the session, with settings pointing at it and the tiny model."""
+    from photoindex.settings import get_settings
+
+    data = tmp_path_factory.mktemp("photoindex-data")
+    config, weights = tiny_clip
+    patch = {
+        "PHOTOINDEX_DATA_DIR": str(data),
+        "PHOTOINDEX_CLIP_MODEL": config.stem,
+        "PHOTOINDEX_CLIP_PRETRAINED": str(weights),
+        "PHOTOINDEX_CLIP_CONFIG": str(config),
+        "PHOTOINDEX_CLIP_BATCH_SIZE": "8",
+        "PHOTOINDEX_FACE_BATCH_SIZE": "8",
+        "PHOTOINDEX_PROGRESS_INTERVAL_S": "0.2",
+    }
+    old = {k: os.environ.get(k) for k in patch}
+    os.environ.update(patch)
+    get_settings.cache_clear()
+    yield data
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One real Prefect server (SQLite, offline) for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

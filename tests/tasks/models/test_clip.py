@@ -1,0 +1,199 @@
+"""ClipEmbedder on a tiny random-weight model loaded the way real weights are."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from tasks.models.clip import ClipEmbedder, ClipWeightsError
+from tests.clip_tiny import TINY_CLIP_NAME, build_tiny_clip
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Config and weights of the tiny model, built once for this module."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny: tuple[Path, Path]) -> ClipEmbedder:
+    """The tiny model, loaded through `pretrained=<file>`."""
+    config, weights = tiny
+    model = ClipEmbedder(pretrained=weights, config=config, threads=2)
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, Image.Image]:
+    """Real photos shipped with scikit-image."""
+    return {
+        name: Image.fromarray(getattr(data, name)())
+        for name in ("astronaut", "coffee", "rocket", "chelsea")
+    }
+
+
+def test_loads_tiny_model_from_weights_file(
+    embedder: ClipEmbedder, tiny: tuple[Path, Path]
+) -> None:
+    _, weights = tiny
+    assert embedder.loaded
+    assert embedder.model_name == TINY_CLIP_NAME
+    assert embedder.model_id.startswith(f"{TINY_CLIP_NAME}:{weights.name}:")
+    assert embedder.dim == 64
+
+
+def test_photo_embeddings_are_unit_float32_rows(
+    embedder: ClipEmbedder, photos: dict[str, Image.Image]
+) -> None:
+    vectors = embedder.predict(list(photos.values()))
+    assert vectors.shape == (len(photos), 64)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Different photos must not collapse onto one vector.
+    assert len({row.tobytes() for row in vectors}) == len(photos)
+
+
+def test_real_photo_embeds(embedder: ClipEmbedder, photos: dict[str, Image.Image]) -> None:
+    vector = embedder.predict([photos["astronaut"]])
+    assert vector.shape == (1, 64)
+    assert np.isfinite(vector).all()
+
+
+def test_empty_batch_gives_empty_rows(embedder: ClipEmbedder) -> None:
+    assert embedder.predict([]).shape == (0, 64)
+    assert embedder.embed_text([]).shape == (0, 64)
+
+
+def test_caller_side_preprocessing_matches_predict(
+    embedder: ClipEmbedder, photos: dict[str, Image.Image]
+) -> None:
+    images = list(photos.values())
+    batch = torch.stack([embedder.preprocess(img) for img in images])
+    assert batch.shape == (len(images), 3, 224, 224)
+    np.testing.assert_array_equal(embedder.embed_tensors(batch), embedder.predict(images))
+
+
+def test_reload_gives_identical_embeddings(
+    embedder: ClipEmbedder, tiny: tuple[Path, Path], photos: dict[str, Image.Image]
+) -> None:
+    config, weights = tiny
+    again = ClipEmbedder(pretrained=weights, config=config, threads=2)
+    images = list(photos.values())
+    np.testing.assert_array_equal(again.predict(images), embedder.predict(images))
+    texts = ["a photo of a cat", "a rocket"]
+    np.testing.assert_array_equal(again.embed_text(texts), embedder.embed_text(texts))
+
+
+def test_text_embeds_as_unit_rows(embedder: ClipEmbedder) -> None:
+    vectors = embedder.embed_text(["a photo of a cat", "a cup of coffee", "a rocket launch"])
+    assert vectors.shape == (3, 64)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_model_id_is_stable_and_follows_file_content(
+    embedder: ClipEmbedder, tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, weights = tiny
+    assert ClipEmbedder(pretrained=weights, config=config).model_id == embedder.model_id
+
+    copy = tmp_path / weights.name
+    shutil.copyfile(weights, copy)
+    assert ClipEmbedder(pretrained=copy, config=config).model_id == embedder.model_id
+
+    with copy.open("r+b") as f:  # flip one byte of tensor data at the end of the file
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    changed = ClipEmbedder(pretrained=copy, config=config).model_id
+    assert changed != embedder.model_id
+    assert changed.startswith(f"{TINY_CLIP_NAME}:{weights.name}:")
+
+
+def test_model_id_for_a_tag_names_arch_and_tag() -> None:
+    model = ClipEmbedder(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert model.model_id == "ViT-B-32:laion2b_s34b_b79k"
+    assert not model.loaded
+
+
+def test_missing_weights_file_says_how_to_fix(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    config, _ = tiny
+    missing = tmp_path / "open_clip_model.safetensors"
+    model = ClipEmbedder(pretrained=missing, config=config)
+    with pytest.raises(ClipWeightsError) as err:
+        model.load()
+    message = str(err.value)
+    assert str(missing) in message
+    assert "PHOTOINDEX_CLIP_PRETRAINED=" in message
+    assert f"PHOTOINDEX_CLIP_MODEL={TINY_CLIP_NAME}" in message
+    assert not model.loaded
+
+
+@pytest.mark.parametrize("pretrained", ["no_such_tag", ""])
+def test_unknown_tag_says_how_to_fix(pretrained: str) -> None:
+    # An empty setting must not fall through to open_clip's silent random init.
+    with pytest.raises(ClipWeightsError, match="PHOTOINDEX_CLIP_PRETRAINED=") as err:
+        ClipEmbedder(model_name="ViT-B-32", pretrained=pretrained).load()
+    assert "laion2b_s34b_b79k" in str(err.value)  # the known tags are listed
+
+
+def test_weights_for_another_arch_are_refused(tiny: tuple[Path, Path]) -> None:
+    _, weights = tiny
+    with pytest.raises(ClipWeightsError, match="PHOTOINDEX_CLIP_MODEL=ViT-B-32"):
+        ClipEmbedder(model_name="ViT-B-32", pretrained=weights).load()
+
+
+def test_default_tag_offline_says_how_to_fix(tmp_path: Path) -> None:
+    # A fresh process, because huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = (
+        "from tasks.models.clip import ClipEmbedder, ClipWeightsError\n"
+        "try:\n"
+        "    ClipEmbedder(model_name='ViT-B-32', pretrained='laion2b_s34b_b79k').load()\n"
+        "except ClipWeightsError as e:\n"
+        "    raise SystemExit('WEIGHTS-ERROR ' + str(e))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "WEIGHTS-ERROR" in result.stderr
+    assert "PHOTOINDEX_CLIP_PRETRAINED=/path/to/open_clip_model.safetensors" in result.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in result.stderr
+
+
+REAL_CLIP = os.environ.get("PHOTOINDEX_TEST_REAL_CLIP")
+
+
+@pytest.mark.skipif(
+    not REAL_CLIP,
+    reason="needs real CLIP weights: set PHOTOINDEX_TEST_REAL_CLIP=/path/to/"
+    "open_clip_model.safetensors (architecture from PHOTOINDEX_CLIP_MODEL, default ViT-B-32); "
+    "the tiny test model has random weights, so it cannot judge meaning",
+)
+def test_real_clip_finds_the_cat_photo(photos: dict[str, Image.Image]) -> None:
+    model = ClipEmbedder(pretrained=REAL_CLIP)
+    names = list(photos)
+    image_vectors = model.predict([photos[name] for name in names])
+    text_vector = model.embed_text(["a photo of a cat"])[0]
+    ranking = [names[i] for i in np.argsort(-(image_vectors @ text_vector))]
+    assert ranking[0] == "chelsea", ranking
