@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,15 @@ def test_reload_gives_identical_embeddings(
     np.testing.assert_array_equal(again.predict(images), embedder.predict(images))
     texts = ["a photo of a cat", "a rocket"]
     np.testing.assert_array_equal(again.embed_text(texts), embedder.embed_text(texts))
+
+
+def test_pickled_copy_reloads_and_matches(
+    embedder: ClipEmbedder, photos: dict[str, Image.Image]
+) -> None:
+    copy = pickle.loads(pickle.dumps(embedder))  # how Dask ships it to a worker
+    assert not copy.loaded
+    images = [photos["chelsea"]]
+    np.testing.assert_array_equal(copy.predict(images), embedder.predict(images))
 
 
 def test_text_embeds_as_unit_rows(embedder: ClipEmbedder) -> None:
