@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -58,7 +59,9 @@ def _fmt_eta(seconds: int | None) -> str:
     return f"ETA {m}:{s:02d}"
 
 
-def watch_session(session_id: UUID, poll_s: float = 1.0) -> UnifiedProgressResponse:
+def watch_session(
+    session_id: UUID, poll_s: float = 1.0, runner: subprocess.Popen[bytes] | None = None
+) -> UnifiedProgressResponse:
     """Show one live bar of the session's unified progress until it ends."""
     from api.prefect_reader import get_unified_progress
 
@@ -72,6 +75,7 @@ def watch_session(session_id: UUID, poll_s: float = 1.0) -> UnifiedProgressRespo
         transient=False,
     ) as bar:
         task = bar.add_task("starting", total=100.0, detail="")
+        finished_polls = 0
         while True:
             progress = asyncio.run(get_unified_progress(session_id))
             overall = progress.overall_progress
@@ -92,6 +96,13 @@ def watch_session(session_id: UUID, poll_s: float = 1.0) -> UnifiedProgressRespo
                 detail=detail,
             )
             if progress.overall_status in TERMINAL:
+                return progress
+            # A session run by our own process ends when it does; another one when it stalls.
+            if runner is not None and runner.poll() is not None and finished_polls > 0:
+                return progress
+            if runner is not None and runner.poll() is not None:
+                finished_polls += 1
+            if runner is None and progress.overall_status == "stalled":
                 return progress
             time.sleep(poll_s)
 
@@ -142,7 +153,7 @@ def index(
     if detach:
         return
     try:
-        progress = watch_session(session_id)
+        progress = watch_session(session_id, runner=proc)
     except KeyboardInterrupt:
         proc.terminate()
         raise fail(
@@ -240,7 +251,8 @@ def serve(
     )
     from api.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+    app_settings = settings.model_copy(update={"prefect_api_url": api_url})
+    uvicorn.run(create_app(app_settings), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ artifact and checks for pause or cancel between batches.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class PhaseSummary:
     skipped: int
     failed: int
     seconds: float = 0.0
+    read_wait_s: float = 0.0  # time the loop waited for reading (decoding) beyond compute
+    compute_s: float = 0.0
+    write_s: float = 0.0
 
 
 class Phase(ABC, Generic[Item, Read, Computed]):
@@ -129,21 +133,19 @@ def write_batch(phase: Phase[Any, Any, Any], computed: Any) -> BatchOutcome:
 
 def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
     """Run a phase over its work: the shared loop of batching, progress and resume."""
-    import time
-
     log = get_run_logger()
     started = time.monotonic()
+    # The artifact exists before discovery, so a long scan reads as alive, not stalled.
+    reporter = ProgressReporter(phase.name, total=0, interval_s=phase.settings.progress_interval_s)
+    reporter.start()
     items, rejected = phase.discover()
     done = phase.catalog.done_keys(phase.name, phase.model_id)
     todo = [item for item in items if phase.key(item) not in done]
     new_rejects = [r for r in rejected if r.key not in done]
     reused = len(items) + len(rejected) - len(todo) - len(new_rejects)
     total = len(items) + len(rejected)
-
-    reporter = ProgressReporter(
-        phase.name, total=total, interval_s=phase.settings.progress_interval_s, current=reused
-    )
-    reporter.start()
+    reporter.total, reporter.current = total, reused
+    reporter.publish()
     log.info(
         "%s: %d items, %d already done, %d to do, %d rejected",
         phase.name,
@@ -166,16 +168,24 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
         reporter.advance(skipped=len(new_rejects))
 
     processed = skipped = failed = 0
+    read_wait = compute_s = write_s = 0.0
     batches = list(chunks(todo, phase.batch_size))
     pending: PrefectFuture[Any] | None = read_batch.submit(phase, batches[0]) if batches else None
     for index in range(len(batches)):
         checkpoint()
         assert pending is not None
+        tick = time.monotonic()
         loaded = pending.result()
+        read_wait += time.monotonic() - tick
         # Read the next batch while this one computes.
         pending = read_batch.submit(phase, batches[index + 1]) if index + 1 < len(batches) else None
-        outcome = write_batch(phase, compute_batch(phase, loaded))
+        tick = time.monotonic()
+        computed = compute_batch(phase, loaded)
+        compute_s += time.monotonic() - tick
+        tick = time.monotonic()
+        outcome = write_batch(phase, computed)
         phase.catalog.append("status", outcome.rows, name=phase.name)
+        write_s += time.monotonic() - tick
         n_ok, n_skip, n_fail = (outcome.count(s) for s in ("indexed", "skipped", "failed"))
         for row in outcome.rows:
             if row["status"] != "indexed":
@@ -192,4 +202,7 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
         skipped=skipped + len(new_rejects),
         failed=failed,
         seconds=time.monotonic() - started,
+        read_wait_s=read_wait,
+        compute_s=compute_s,
+        write_s=write_s,
     )

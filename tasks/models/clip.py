@@ -60,6 +60,10 @@ class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
         super().__init__()
         settings = get_settings()
         self.config: Path | None = config if config is not None else settings.clip_config
+        if config is None and model_name is not None and self.config is not None:
+            # An explicit architecture uses the configured JSON only if that JSON defines it.
+            if self.config.stem != model_name:
+                self.config = None
         if model_name is not None:
             name = model_name
         elif self.config is not None and (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,8 @@ def _index(folder: Path) -> Run:
 
     state = index_photos(str(folder), return_state=True)
     assert state.is_completed(), state.message
-    summaries: list[PhaseSummary] = state.result()
+    # _sync: other tests leave an event loop behind, where result() would be a coroutine.
+    summaries: list[PhaseSummary] = state.result(_sync=True)  # type: ignore[call-overload]
     assert state.state_details.flow_run_id is not None
     return Run(state.state_details.flow_run_id, summaries)
 
@@ -144,32 +144,28 @@ def test_faces_cluster_into_the_people_in_the_photos(first: Run) -> None:
 
 
 def _phase_runs(session_id: UUID) -> dict[str, tuple[str, Counts | None, float]]:
-    async def read() -> dict[str, tuple[str, Counts | None, float]]:
-        async with get_client() as client:
-            children = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id])
-                )
+    # The sync client: a browser test's Playwright may own this thread's event loop.
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id])
             )
-            out: dict[str, tuple[str, Counts | None, float]] = {}
-            for child in children:
-                flow = await client.read_flow(child.flow_id)
-                artifacts = await client.read_artifacts(
-                    artifact_filter=ArtifactFilter(
-                        flow_run_id=ArtifactFilterFlowRunId(any_=[child.id])
-                    )
-                )
-                progress = [a for a in artifacts if a.type == "progress"]
-                assert len(progress) == 1, f"{flow.name} has {len(progress)} progress artifacts"
-                assert child.state is not None
-                out[flow.name] = (
-                    child.state.type.value,
-                    Counts.parse(progress[0].description),
-                    float(progress[0].data),  # type: ignore[arg-type]
-                )
-            return out
-
-    return asyncio.run(read())
+        )
+        out: dict[str, tuple[str, Counts | None, float]] = {}
+        for child in children:
+            flow = client.read_flow(child.flow_id)
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[child.id]))
+            )
+            progress = [a for a in artifacts if a.type == "progress"]
+            assert len(progress) == 1, f"{flow.name} has {len(progress)} progress artifacts"
+            assert child.state is not None
+            out[flow.name] = (
+                child.state.type.value,
+                Counts.parse(progress[0].description),
+                float(progress[0].data),  # type: ignore[arg-type]
+            )
+        return out
 
 
 def test_each_phase_ran_as_a_subflow_and_its_artifact_reached_100(first: Run) -> None:

@@ -1,0 +1,631 @@
+"""The one module that talks to the Prefect API: sessions, phases, artifacts and controls.
+
+A session is one `index-photos` flow run; its phases are its child runs. This module
+reads them into a `SessionSnapshot`, picks the session's fixed weights from sessions
+that finished before it started, and hands both to `api.progress.compute_progress`.
+One Prefect client serves the whole process, and a short per-session cache with
+request coalescing keeps many pollers from multiplying Prefect queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+import anyio
+import httpx
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    ArtifactFilterType,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import Artifact, FlowRun, State, StateType
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling
+
+from api.progress import (
+    FINAL_STATES,
+    PHASES,
+    Calibration,
+    PhaseSnapshot,
+    RunState,
+    SessionSnapshot,
+    Weights,
+    compute_progress,
+    face_session,
+    session_weights,
+    training_progress,
+)
+from api.schemas import (
+    FaceSessionResponse,
+    OverallStatus,
+    SessionAction,
+    SessionSummary,
+    TrainingProgressResponse,
+    UnifiedProgressResponse,
+)
+from photoindex.settings import Settings, get_settings
+from tasks.control import CANCEL_TAG, PAUSE_TAG
+from tasks.progress import PHASE_ARTIFACT_KEYS, Counts
+
+logger = logging.getLogger(__name__)
+
+SESSION_FLOW = "index-photos"
+PHASE_FLOWS = {
+    "embed-images": "training",
+    "detect-faces": "faceDetection",
+    "cluster-faces": "clustering",
+}
+PHASE_KEYS = {
+    "training": PHASE_ARTIFACT_KEYS["embed"],
+    "faceDetection": PHASE_ARTIFACT_KEYS["faces"],
+    "clustering": PHASE_ARTIFACT_KEYS["cluster"],
+}
+CALIBRATION_SESSIONS = 5
+"""How many recent completed sessions calibrate a new session's weights."""
+MIN_FRESH_SHARE = 0.5
+"""A session calibrates only if at least this share of its images was new work, not reused."""
+DEFAULT_CACHE_TTL_S = 0.75
+STALE_FACTOR = 4.0
+"""Cached data up to this many TTLs old is served while a background fetch refreshes it."""
+DEFAULT_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+class PrefectUnavailable(Exception):
+    """The Prefect API cannot be reached."""
+
+
+class SessionNotFound(Exception):
+    """No `index-photos` flow run has this id."""
+
+
+class SessionConflict(Exception):
+    """The request does not fit the session's state (e.g. cancelling a finished session)."""
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What Prefect said about a session at one moment."""
+
+    parent: FlowRun
+    children: dict[str, FlowRun]
+    artifacts: dict[str, Artifact]
+
+
+@dataclass
+class _Entry:
+    """One session's cached data and the fetch refreshing it, on one event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    value: _Raw | None = None
+    fetched_at: float = 0.0
+    task: asyncio.Task[_Raw] | None = None
+
+
+class _Bounded(OrderedDict[UUID, T]):
+    """A small LRU map, so per-session memory stays bounded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: UUID, value: T) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def run_state(run: FlowRun) -> RunState:
+    """The calculation's view of a Prefect flow run."""
+    state = run.state
+    return RunState(
+        state_type=run.state_type.value if run.state_type is not None else "PENDING",
+        start_time=_utc(run.start_time),
+        end_time=_utc(run.end_time),
+        state_time=_utc(state.timestamp) if state is not None else None,
+        message=state.message if state is not None else None,
+    )
+
+
+def _parent_status(run: FlowRun) -> OverallStatus:
+    """A session's status from its parent run alone, for listings."""
+    mapping: dict[StateType, OverallStatus] = {
+        StateType.SCHEDULED: "pending",
+        StateType.PENDING: "pending",
+        StateType.RUNNING: "running",
+        StateType.PAUSED: "paused",
+        StateType.COMPLETED: "completed",
+        StateType.FAILED: "failed",
+        StateType.CRASHED: "failed",
+        StateType.CANCELLED: "cancelled",
+        StateType.CANCELLING: "cancelling",
+    }
+    if run.state_type is None:
+        return "pending"
+    if CANCEL_TAG in run.tags and run.state_type.value not in FINAL_STATES:
+        return "cancelling"
+    return mapping[run.state_type]
+
+
+class PrefectReader:
+    """Reads sessions from Prefect and controls them; one per process, shared by all clients."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        client_factory: Callable[[], PrefectClient] | None = None,
+        calibration_sessions: int = CALIBRATION_SESSIONS,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.cache_ttl_s = cache_ttl_s
+        self.timeout_s = timeout_s
+        self.calibration_sessions = calibration_sessions
+        """How many recent sessions calibrate weights; 0 keeps the seed's weights."""
+        self._client_factory = client_factory or self._default_client
+        self._client: PrefectClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._entries: dict[UUID, _Entry] = {}
+        self._weights: _Bounded[Weights] = _Bounded(1024)
+        self._floors: _Bounded[float] = _Bounded(1024)
+        self._flow_names: dict[UUID, str] = {}
+        self.prefect_queries = 0
+        """How many Prefect requests this reader sent (for the benchmark)."""
+
+    # --- client lifecycle ---------------------------------------------------------------
+
+    def _default_client(self) -> PrefectClient:
+        if self.settings.prefect_api_url:
+            return PrefectClient(self.settings.prefect_api_url)
+        return get_client()
+
+    @property
+    def api_url(self) -> str:
+        if self._client is not None:
+            return str(self._client.api_url)
+        return self.settings.prefect_api_url or "the configured Prefect API (PREFECT_API_URL)"
+
+    async def start(self) -> None:
+        """Open the shared client on the running event loop."""
+        await self._get_client()
+
+    async def aclose(self) -> None:
+        """Close the shared client."""
+        client, self._client, self._client_loop = self._client, None, None
+        self._entries.clear()
+        if client is not None:
+            await client.__aexit__(None, None, None)
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[PrefectReader]:
+        """Use the open client of this event loop, or open one for the block's duration."""
+        if self._client is not None and self._client_loop is asyncio.get_running_loop():
+            yield self
+            return
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.aclose()
+
+    async def _get_client(self) -> PrefectClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # A client is bound to the loop that opened it; one from a finished loop is dropped.
+            client = self._client_factory()
+            async with self._guard():
+                await client.__aenter__()
+            self._client, self._client_loop = client, loop
+            self._entries.clear()
+        return self._client
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Turn transport failures and slow answers into `PrefectUnavailable`."""
+        try:
+            with anyio.fail_after(self.timeout_s):
+                yield
+        except TimeoutError as err:
+            raise PrefectUnavailable(
+                f"The Prefect API at {self.api_url} did not answer within {self.timeout_s:.0f} s."
+            ) from err
+        except httpx.TransportError as err:
+            raise PrefectUnavailable(
+                f"The Prefect API at {self.api_url} is unreachable: {err}."
+            ) from err
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code < 500:
+                raise
+            raise PrefectUnavailable(
+                f"The Prefect API at {self.api_url} failed: HTTP {err.response.status_code}."
+            ) from err
+
+    async def _call(self, make: Callable[[PrefectClient], Awaitable[T]]) -> T:
+        client = await self._get_client()
+        self.prefect_queries += 1
+        async with self._guard():
+            return await make(client)
+
+    async def healthcheck(self) -> None:
+        """Raise `PrefectUnavailable` unless the Prefect API answers."""
+        error = await self._call(lambda c: c.api_healthcheck())
+        if error is not None:
+            raise PrefectUnavailable(f"The Prefect API at {self.api_url} is unreachable: {error}.")
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def _flow_name(self, flow_id: UUID) -> str:
+        name = self._flow_names.get(flow_id)
+        if name is None:
+            flow = await self._call(lambda c: c.read_flow(flow_id))
+            name = self._flow_names[flow_id] = flow.name
+        return name
+
+    async def _read_parent(self, session_id: UUID) -> FlowRun:
+        try:
+            parent = await self._call(lambda c: c.read_flow_run(session_id))
+        except ObjectNotFound as err:
+            raise SessionNotFound(f"Session not found: {session_id}") from err
+        if await self._flow_name(parent.flow_id) != SESSION_FLOW:
+            raise SessionNotFound(f"Session not found: {session_id} is not an {SESSION_FLOW} run")
+        return parent
+
+    async def _read_children(self, session_id: UUID) -> list[FlowRun]:
+        flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id]))
+        return await self._call(lambda c: c.read_flow_runs(flow_run_filter=flt))
+
+    async def _read_artifacts(self, session_id: UUID) -> list[Artifact]:
+        runs = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id]))
+        artifacts = ArtifactFilter(
+            type=ArtifactFilterType(any_=["progress"]),
+            key=ArtifactFilterKey(any_=list(PHASE_KEYS.values())),
+        )
+        return await self._call(
+            lambda c: c.read_artifacts(
+                artifact_filter=artifacts, flow_run_filter=runs, sort=ArtifactSort.UPDATED_DESC
+            )
+        )
+
+    async def _phases_of(self, session_id: UUID) -> tuple[dict[str, FlowRun], dict[str, Artifact]]:
+        """The latest run of each phase under a session, and each one's latest artifact."""
+        children, artifacts = await asyncio.gather(
+            self._read_children(session_id), self._read_artifacts(session_id)
+        )
+        phase_runs: dict[str, FlowRun] = {}
+        for run in sorted(children, key=lambda r: _utc(r.created) or _EPOCH):
+            phase = PHASE_FLOWS.get(await self._flow_name(run.flow_id))
+            if phase is not None:
+                phase_runs[phase] = run
+        return phase_runs, _latest_artifacts(phase_runs, artifacts)
+
+    async def _fetch(self, session_id: UUID) -> _Raw:
+        parent, (phase_runs, artifacts) = await asyncio.gather(
+            self._read_parent(session_id), self._phases_of(session_id)
+        )
+        return _Raw(parent, phase_runs, artifacts)
+
+    async def _raw(self, session_id: UUID) -> _Raw:
+        """The session's Prefect data, shared by all callers; one fetch per session at a time.
+
+        Data younger than the TTL is served as is. Older data, up to `STALE_FACTOR` TTLs,
+        is served while one background fetch refreshes it, so pollers never wait on Prefect
+        once a session is warm. Anything older is fetched before answering.
+        """
+        if self.cache_ttl_s <= 0:
+            return await self._fetch(session_id)
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        entry = self._entries.get(session_id)
+        if entry is None or entry.loop is not loop:
+            if len(self._entries) > 512:
+                self._entries = {
+                    k: v for k, v in self._entries.items()
+                    if v.loop is loop and now - v.fetched_at < STALE_FACTOR * self.cache_ttl_s
+                }
+            entry = self._entries[session_id] = _Entry(loop)
+        if entry.value is not None:
+            age = now - entry.fetched_at
+            if age <= self.cache_ttl_s:
+                return entry.value
+            if age <= STALE_FACTOR * self.cache_ttl_s:
+                self._refresh(session_id, entry)
+                return entry.value
+        return await asyncio.shield(self._refresh(session_id, entry))
+
+    def _refresh(self, session_id: UUID, entry: _Entry) -> asyncio.Task[_Raw]:
+        """The entry's fetch in flight, starting one if none is."""
+        if entry.task is not None:
+            return entry.task
+        started = time.monotonic()
+        task = entry.loop.create_task(self._fetch(session_id))
+
+        def done(finished: asyncio.Task[_Raw]) -> None:
+            entry.task = None
+            if finished.cancelled():
+                return
+            error = finished.exception()
+            if error is None:
+                entry.value, entry.fetched_at = finished.result(), started
+            elif isinstance(error, PrefectUnavailable | SessionNotFound):
+                entry.value = None  # never serve data Prefect can no longer confirm
+                logger.debug("refresh of session %s failed: %s", session_id, error)
+
+        task.add_done_callback(done)
+        entry.task = task
+        return task
+
+    def invalidate(self, session_id: UUID) -> None:
+        """Forget the cached data of a session (after changing it)."""
+        self._entries.pop(session_id, None)
+
+    async def _session_weights(self, parent: FlowRun) -> Weights:
+        """The session's weights: fixed once it has started, from sessions done before that."""
+        cached = self._weights.get(parent.id)
+        if cached is not None:
+            return cached
+        faces = bool(parent.parameters.get("faces", True))
+        started = _utc(parent.start_time)
+        calibration = await self._calibration(started or datetime.now(UTC), exclude=parent.id)
+        weights = session_weights(calibration, faces)
+        if started is not None:
+            self._weights.put(parent.id, weights)
+        return weights
+
+    async def _calibration(self, before: datetime, exclude: UUID) -> Calibration:
+        """Seconds per session image of each phase, over recent sessions that ended before."""
+        if self.calibration_sessions <= 0:
+            return Calibration()
+        flt = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+            end_time=FlowRunFilterEndTime.model_validate({"before_": before}),
+            id=FlowRunFilterId(not_any_=[exclude]),
+        )
+        names = FlowFilter(name=FlowFilterName(any_=[SESSION_FLOW]))
+        previous = await self._call(
+            lambda c: c.read_flow_runs(
+                flow_filter=names,
+                flow_run_filter=flt,
+                sort=FlowRunSort.END_TIME_DESC,
+                limit=self.calibration_sessions,
+            )
+        )
+        if not previous:
+            return Calibration()
+        per_parent = await asyncio.gather(*(self._phases_of(run.id) for run in previous))
+        seconds: dict[str, float] = {}
+        images: dict[str, int] = {}
+        used = 0
+        for phase_runs, latest in per_parent:
+            counts = _counts(latest.get("training"))
+            embed = phase_runs.get("training")
+            if counts is None or counts.total <= 0 or embed is None:
+                continue
+            duration = run_state(embed).duration_s or 0.0
+            fresh = counts.per_minute * duration / 60.0
+            if fresh < MIN_FRESH_SHARE * counts.total:
+                continue  # mostly reused work: it says little about real costs
+            used += 1
+            for phase, child in phase_runs.items():
+                state = run_state(child)
+                if state.state_type == "COMPLETED" and state.duration_s is not None:
+                    seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
+                    images[phase] = images.get(phase, 0) + counts.total
+        per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
+        return Calibration(per_image, used) if per_image else Calibration()
+
+    async def snapshot(self, session_id: UUID) -> tuple[SessionSnapshot, Weights, _Raw]:
+        """The session as the calculation sees it, with its fixed weights."""
+        raw = await self._raw(session_id)
+        weights = await self._session_weights(raw.parent)
+        phases = {
+            key: PhaseSnapshot(
+                run=run_state(raw.children[key]) if key in raw.children else None,
+                counts=_counts(raw.artifacts.get(key)),
+                artifact_updated=_utc(raw.artifacts[key].updated) if key in raw.artifacts else None,
+            )
+            for key in PHASES
+        }
+        snap = SessionSnapshot(
+            session_id=session_id,
+            parent=run_state(raw.parent),
+            faces=bool(raw.parent.parameters.get("faces", True)),
+            phases=phases,
+            now=datetime.now(UTC),
+            stall_after_s=self.settings.stall_after_s,
+            pause_requested=PAUSE_TAG in raw.parent.tags,
+            cancel_requested=CANCEL_TAG in raw.parent.tags,
+            floor_percentage=self._floors.get(session_id, 0.0),
+        )
+        return snap, weights, raw
+
+    async def unified(self, session_id: UUID) -> UnifiedProgressResponse:
+        """The unified progress of a session."""
+        snap, weights, _ = await self.snapshot(session_id)
+        response = compute_progress(snap, weights)
+        self._floors.put(session_id, response.overall_progress.percentage)
+        return response
+
+    async def training(self, session_id: UUID) -> TrainingProgressResponse:
+        """The phase-1-only progress of a session."""
+        return training_progress(await self.unified(session_id))
+
+    async def face_session(self, session_id: UUID) -> FaceSessionResponse:
+        """The face phases of a session, combined."""
+        return face_session(await self.unified(session_id))
+
+    async def list_sessions(self, limit: int = 20) -> list[SessionSummary]:
+        """Recent sessions, newest first; future scheduled runs are left out."""
+        names = FlowFilter(name=FlowFilterName(any_=[SESSION_FLOW]))
+        flt = FlowRunFilter(
+            expected_start_time=FlowRunFilterExpectedStartTime.model_validate(
+                {"before_": datetime.now(UTC)}
+            )
+        )
+        runs = await self._call(
+            lambda c: c.read_flow_runs(
+                flow_filter=names,
+                flow_run_filter=flt,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=limit,
+            )
+        )
+        return [
+            SessionSummary(
+                session_id=run.id,
+                name=run.name,
+                folder=str(run.parameters["folder"]) if "folder" in run.parameters else None,
+                skip_face_detection=not bool(run.parameters.get("faces", True)),
+                status=_parent_status(run),
+                created_at=_utc(run.created),
+                started_at=_utc(run.start_time),
+                completed_at=_utc(run.end_time),
+            )
+            for run in runs
+            if run.parent_task_run_id is None
+        ]
+
+    # --- controls --------------------------------------------------------------------
+
+    async def _set_tags(self, run: FlowRun, add: set[str], remove: set[str]) -> None:
+        tags = [t for t in run.tags if t not in remove] + sorted(add - set(run.tags))
+        await self._call(lambda c: c.update_flow_run(run.id, tags=tags))
+
+    async def _resume_run(self, run_id: UUID) -> None:
+        await self._call(lambda c: c.resume_flow_run(run_id))
+
+    async def _set_state(self, run_id: UUID, state: State[Any], force: bool) -> None:
+        await self._call(lambda c: c.set_flow_run_state(run_id, state, force=force))
+
+    async def _after(
+        self, session_id: UUID, action: Literal["cancel", "pause", "resume"], message: str
+    ) -> SessionAction:
+        self.invalidate(session_id)
+        progress = await self.unified(session_id)
+        return SessionAction(
+            session_id=session_id,
+            action=action,
+            overall_status=progress.overall_status,
+            message=message,
+        )
+
+    async def _live(self, session_id: UUID, verb: str) -> tuple[_Raw, UnifiedProgressResponse]:
+        self.invalidate(session_id)
+        snap, weights, raw = await self.snapshot(session_id)
+        progress = compute_progress(snap, weights)
+        if raw.parent.state_type is not None and raw.parent.state_type.value in FINAL_STATES:
+            raise SessionConflict(
+                f"Cannot {verb} session {session_id}: it has already ended "
+                f"({progress.overall_status})."
+            )
+        return raw, progress
+
+    async def pause(self, session_id: UUID) -> SessionAction:
+        """Ask the session to pause at its next checkpoint."""
+        raw, _ = await self._live(session_id, "pause")
+        if CANCEL_TAG in raw.parent.tags:
+            raise SessionConflict(f"Cannot pause session {session_id}: it is being cancelled.")
+        await self._set_tags(raw.parent, add={PAUSE_TAG}, remove=set())
+        return await self._after(
+            session_id, "pause", "Pause requested: the session pauses at its next checkpoint."
+        )
+
+    async def resume(self, session_id: UUID) -> SessionAction:
+        """Withdraw a pause request and resume any paused run of the session."""
+        raw, _ = await self._live(session_id, "resume")
+        await self._set_tags(raw.parent, add=set(), remove={PAUSE_TAG})
+        for run in (raw.parent, *raw.children.values()):
+            if run.state_type == StateType.PAUSED:
+                await self._resume_run(run.id)
+        return await self._after(session_id, "resume", "Session resumed.")
+
+    async def cancel(self, session_id: UUID) -> SessionAction:
+        """Cancel the session: its runs stop at their next checkpoint and end Cancelled."""
+        raw, progress = await self._live(session_id, "cancel")
+        await self._set_tags(raw.parent, add={CANCEL_TAG}, remove={PAUSE_TAG})
+        # Nobody is left to finish the cancellation of a silent or not yet started session.
+        force = progress.overall_status in {"stalled", "pending"}
+        runs = [raw.parent, *(r for r in raw.children.values() if r.state_type is not None)]
+        for run in runs:
+            if run.state_type is None or run.state_type.value in FINAL_STATES:
+                continue
+            message = "Cancelled at the user's request"
+            state: State[Any] = (
+                Cancelled(message=message) if force else Cancelling(message=message)
+            )
+            await self._set_state(run.id, state, force)
+        return await self._after(
+            session_id,
+            "cancel",
+            "Session cancelled." if force else "Cancel requested: the session stops at its "
+            "next checkpoint.",
+        )
+
+
+def _counts(artifact: Artifact | None) -> Counts | None:
+    if artifact is None:
+        return None
+    counts = Counts.parse(artifact.description)
+    if counts is None and isinstance(artifact.data, int | float):
+        # No counts in the description: fall back to the artifact's bare percentage.
+        return Counts(current=int(artifact.data), total=100)
+    return counts
+
+
+def _latest_artifacts(
+    phase_runs: dict[str, FlowRun], artifacts: Sequence[Artifact]
+) -> dict[str, Artifact]:
+    """Per phase: the most recently updated progress artifact of that phase's run."""
+    out: dict[str, Artifact] = {}
+    for phase, run in phase_runs.items():
+        mine = [a for a in artifacts if a.flow_run_id == run.id and a.key == PHASE_KEYS[phase]]
+        if mine:
+            out[phase] = max(mine, key=lambda a: _utc(a.updated) or _EPOCH)
+    return out
+
+
+_default: PrefectReader | None = None
+
+
+def default_reader() -> PrefectReader:
+    """The process's shared reader."""
+    global _default
+    if _default is None:
+        _default = PrefectReader()
+    return _default
+
+
+async def get_unified_progress(session_id: UUID) -> UnifiedProgressResponse:
+    """The unified progress of a session, outside FastAPI too (the CLI's progress bar)."""
+    reader = default_reader()
+    async with reader.connected():
+        return await reader.unified(session_id)

@@ -1,0 +1,500 @@
+"""The unified-progress calculation: pure, from a snapshot of Prefect state to the response.
+
+Everything here is arithmetic on plain data; `api.prefect_reader` builds the snapshot.
+Every client (REST, CLI) goes through `compute_progress`, so they all agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from api.schemas import (
+    CurrentPhase,
+    FaceSessionResponse,
+    OverallProgress,
+    OverallStatus,
+    PhaseName,
+    PhaseProgress,
+    Phases,
+    PhaseStatus,
+    PhaseWeights,
+    ProgressStats,
+    TrainingProgressResponse,
+    UnifiedProgressResponse,
+)
+from tasks.progress import Counts
+
+logger = logging.getLogger(__name__)
+
+PHASES: tuple[str, ...] = ("training", "faceDetection", "clustering")
+PHASE_NAMES: dict[str, PhaseName] = {
+    "training": "training",
+    "faceDetection": "face_detection",
+    "clustering": "clustering",
+}
+PHASE_LABELS = {
+    "training": "Training",
+    "faceDetection": "Face detection",
+    "clustering": "Clustering",
+}
+SEED_WEIGHTS: dict[str, float] = {"training": 0.30, "faceDetection": 0.65, "clustering": 0.05}
+SLOW_FACTOR = 1.5
+SLOW_MIN_EXTRA_S = 30.0
+"""A phase projected to take SLOW_FACTOR times its calibrated duration, and at least
+SLOW_MIN_EXTRA_S seconds longer, gets a warning."""
+
+# Prefect state types, as plain strings so this module needs no Prefect import.
+SCHEDULED, PENDING, RUNNING, COMPLETED = "SCHEDULED", "PENDING", "RUNNING", "COMPLETED"
+FAILED, CRASHED, CANCELLED, CANCELLING, PAUSED = (
+    "FAILED",
+    "CRASHED",
+    "CANCELLED",
+    "CANCELLING",
+    "PAUSED",
+)
+FINAL_STATES = {COMPLETED, FAILED, CRASHED, CANCELLED}
+_DONE: set[str] = {"completed", "skipped"}
+_ENDED: set[str] = {"completed", "skipped", "failed", "cancelled"}
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What Prefect says about one flow run."""
+
+    state_type: str
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    state_time: datetime | None = None
+    message: str | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return max(0.0, (self.end_time - self.start_time).total_seconds())
+
+
+@dataclass(frozen=True)
+class PhaseSnapshot:
+    """One phase: its subflow run (None before it starts) and its progress artifact."""
+
+    run: RunState | None = None
+    counts: Counts | None = None
+    artifact_updated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured seconds per session image of each phase, from sessions finished earlier."""
+
+    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
+    sessions: int = 0
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The fixed weights of one session, and the per-image costs they came from."""
+
+    shares: Mapping[str, float]
+    source: str
+    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
+    """Calibrated seconds per image, only for phases that have history."""
+
+    def schema(self) -> PhaseWeights:
+        return PhaseWeights(
+            training=round(self.shares["training"], 4),
+            faceDetection=round(self.shares["faceDetection"], 4),
+            clustering=round(self.shares["clustering"], 4),
+        )
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """Everything the calculation needs about one session, read at `now`."""
+
+    session_id: UUID
+    parent: RunState
+    faces: bool
+    phases: Mapping[str, PhaseSnapshot]
+    now: datetime
+    stall_after_s: float = 120.0
+    pause_requested: bool = False
+    cancel_requested: bool = False
+    floor_percentage: float = 0.0
+    """The highest percentage reported earlier for this session; never go below it."""
+
+    def phase(self, key: str) -> PhaseSnapshot:
+        return self.phases.get(key) or PhaseSnapshot()
+
+
+def session_weights(calibration: Calibration, faces: bool) -> Weights:
+    """Weights for a session: calibrated per-image costs when known, else the seed's."""
+    active = [p for p in PHASES if faces or p == "training"]
+    measured = {p: s for p, s in calibration.seconds_per_image.items() if p in active and s > 0}
+    if not measured:
+        total = sum(SEED_WEIGHTS[p] for p in active)
+        shares = {p: (SEED_WEIGHTS[p] / total if p in active else 0.0) for p in PHASES}
+        source = "seed-default" if faces else "seed-default, renormalised without face phases"
+        return Weights(shares, source)
+    anchor = "training" if "training" in measured else next(iter(measured))
+    costs = dict(measured)
+    derived = [p for p in active if p not in measured]
+    for p in derived:
+        costs[p] = measured[anchor] * SEED_WEIGHTS[p] / SEED_WEIGHTS[anchor]
+    total = sum(costs.values())
+    shares = {p: costs.get(p, 0.0) / total for p in PHASES}
+    plural = "s" if calibration.sessions != 1 else ""
+    source = f"calibrated from {calibration.sessions} session{plural}"
+    if derived:
+        source += f" ({', '.join(derived)} from seed ratios)"
+    if not faces:
+        source += ", without face phases"
+    return Weights(shares, source, measured)
+
+
+def _phase_status(key: str, snap: SessionSnapshot) -> tuple[PhaseStatus, float | None]:
+    """A phase's status, and how long it has been silent if it is running."""
+    if key != "training" and not snap.faces:
+        return "skipped", None
+    run = snap.phase(key).run
+    if run is None:
+        if snap.parent.state_type in {CANCELLED, CANCELLING}:
+            return "cancelled", None
+        if snap.parent.state_type in FINAL_STATES:
+            return "skipped", None
+        return "pending", None
+    state = run.state_type
+    if state == RUNNING:
+        artifact_time = snap.phase(key).artifact_updated
+        silence = _silence(snap.now, run.start_time, run.state_time, artifact_time)
+        if silence is not None and silence > snap.stall_after_s:
+            return "stalled", silence
+        return ("processing" if key == "faceDetection" else "running"), silence
+    mapping: dict[str, PhaseStatus] = {
+        SCHEDULED: "pending",
+        PENDING: "pending",
+        PAUSED: "paused",
+        COMPLETED: "completed",
+        FAILED: "failed",
+        CRASHED: "failed",
+        CANCELLED: "cancelled",
+        CANCELLING: "cancelling",
+    }
+    return mapping.get(state, "pending"), None
+
+
+def _silence(now: datetime, *signs: datetime | None) -> float | None:
+    known = [s for s in signs if s is not None]
+    if not known:
+        return None
+    return (now - max(known)).total_seconds()
+
+
+def _stats(key: str, status: PhaseStatus, snap: SessionSnapshot) -> ProgressStats:
+    phase = snap.phase(key)
+    counts = phase.counts
+    if counts is not None:
+        current, total = counts.current, counts.total
+        percentage = counts.percentage
+    else:
+        images = snap.phase("training").counts
+        if key == "clustering":
+            total = 1
+        elif key == "faceDetection" and images is not None:
+            total = images.total
+        else:
+            total = 0
+        current, percentage = 0, 0.0
+    if status == "completed":
+        percentage = 100.0
+        current = max(current, total)
+    rate = counts.per_minute if counts is not None and counts.per_minute > 0 else None
+    return ProgressStats(
+        current=current,
+        total=total,
+        percentage=round(min(100.0, max(0.0, percentage)), 2),
+        eta_seconds=None,
+        images_per_minute=round(rate, 1) if rate is not None else None,
+        skipped=counts.skipped if counts is not None else 0,
+        failed=counts.failed if counts is not None else 0,
+    )
+
+
+def _overall_status(
+    snap: SessionSnapshot, statuses: Mapping[str, PhaseStatus], parent_silence: float | None
+) -> OverallStatus:
+    parent = snap.parent.state_type
+    values = set(statuses.values())
+    if parent == COMPLETED and values <= _DONE:
+        return "completed"
+    if "failed" in values or parent in {FAILED, CRASHED}:
+        return "failed"
+    if parent == CANCELLED:
+        return "cancelled"
+    if "cancelling" in values or parent == CANCELLING:
+        return "cancelling"
+    if snap.cancel_requested and parent not in FINAL_STATES:
+        return "cancelling"
+    if "cancelled" in values:
+        return "cancelled"
+    if "paused" in values or parent == PAUSED:
+        return "paused"
+    if "stalled" in values:
+        return "stalled"
+    if parent_silence is not None and parent_silence > snap.stall_after_s:
+        return "stalled"
+    if parent in {SCHEDULED, PENDING} and values <= {"pending", "skipped"}:
+        return "pending"
+    return "running"
+
+
+def _current_phase(statuses: Mapping[str, PhaseStatus], overall: OverallStatus) -> CurrentPhase:
+    if overall == "completed":
+        return "completed"
+    for key in PHASES:
+        if statuses[key] not in _DONE:
+            return PHASE_NAMES[key]
+    return "completed"
+
+
+def _parent_silence(snap: SessionSnapshot, statuses: Mapping[str, PhaseStatus]) -> float | None:
+    """Silence of a running session between phases, when no phase run is alive."""
+    if snap.parent.state_type != RUNNING:
+        return None
+    if any(s in {"running", "processing", "paused", "stalled"} for s in statuses.values()):
+        return None
+    signs: list[datetime | None] = [snap.parent.start_time, snap.parent.state_time]
+    for key in PHASES:
+        phase = snap.phase(key)
+        signs.append(phase.artifact_updated)
+        if phase.run is not None:
+            signs.extend((phase.run.end_time, phase.run.state_time))
+    return _silence(snap.now, *signs)
+
+
+def _seconds_per_item(phase: PhaseSnapshot) -> float | None:
+    """This session's measured seconds per item of a phase, from its rate or its duration."""
+    counts = phase.counts
+    if counts is None:
+        return None
+    if counts.per_minute > 0:
+        return 60.0 / counts.per_minute
+    duration = phase.run.duration_s if phase.run is not None else None
+    if duration and counts.total > 0:
+        return duration / counts.total
+    return None
+
+
+def _eta(
+    snap: SessionSnapshot,
+    weights: Weights,
+    statuses: Mapping[str, PhaseStatus],
+    stats: dict[str, ProgressStats],
+    warnings: list[str],
+) -> int | None:
+    """Seconds until every phase is done: measured rate now, calibrated or seed costs later."""
+    images = snap.phase("training").counts
+    n_images = images.total if images is not None else None
+    remaining: list[float | None] = []
+    anchor: tuple[str, float] | None = None  # a phase of this session with a measured cost
+    for key in PHASES:
+        status = statuses[key]
+        phase = snap.phase(key)
+        if status in _DONE:
+            spi = _seconds_per_item(phase)
+            if status == "completed" and spi is not None and key != "clustering":
+                anchor = (key, spi)
+            continue
+        if status in {"running", "processing"} and phase.counts is not None:
+            counts = phase.counts
+            if counts.per_minute > 0:
+                left = max(0, counts.total - counts.current) * 60.0 / counts.per_minute
+                stats[key].eta_seconds = int(round(left))
+                remaining.append(left)
+                if key != "clustering":
+                    anchor = (key, 60.0 / counts.per_minute)
+                _warn_if_slow(key, counts, weights, n_images, warnings)
+                continue
+            remaining.append(None)
+            continue
+        # A phase still to come.
+        estimate: float | None = None
+        if n_images is not None and key in weights.seconds_per_image:
+            estimate = weights.seconds_per_image[key] * n_images
+        elif n_images is not None and anchor is not None:
+            anchor_key, spi = anchor
+            estimate = spi * n_images * SEED_WEIGHTS[key] / SEED_WEIGHTS[anchor_key]
+        if estimate is not None:
+            stats[key].eta_seconds = int(round(estimate))
+        remaining.append(estimate)
+    if not remaining or any(r is None for r in remaining):
+        return None
+    return int(round(sum(r for r in remaining if r is not None)))
+
+
+def _warn_if_slow(
+    key: str, counts: Counts, weights: Weights, n_images: int | None, warnings: list[str]
+) -> None:
+    """Warn when a phase runs clearly slower than its history (the seed's open question 4)."""
+    spi = weights.seconds_per_image.get(key)
+    if spi is None or not n_images or counts.total <= 0 or counts.per_minute <= 0:
+        return
+    if counts.current < max(5, counts.total // 20):
+        return
+    projected = counts.total * 60.0 / counts.per_minute
+    expected = spi * n_images
+    slow = projected > SLOW_FACTOR * expected and projected - expected > SLOW_MIN_EXTRA_S
+    if expected > 0 and slow:
+        warnings.append(
+            f"{PHASE_LABELS[key]} is running {projected / expected:.1f}x slower than in "
+            f"recent sessions (about {_secs(projected)} for this phase instead of "
+            f"{_secs(expected)})."
+        )
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgressResponse:
+    """The unified progress of a session: statuses, weighted percentage, ETA and warnings."""
+    warnings: list[str] = []
+    statuses: dict[str, PhaseStatus] = {}
+    for key in PHASES:
+        status, silence = _phase_status(key, snap)
+        statuses[key] = status
+        if status == "stalled" and silence is not None:
+            warnings.append(
+                f"{PHASE_LABELS[key]} has reported nothing for {silence:.0f} s (more than "
+                f"{snap.stall_after_s:.0f} s): its process may have been killed, although "
+                "Prefect still shows the run as Running."
+            )
+    parent_silence = _parent_silence(snap, statuses)
+    overall_status = _overall_status(snap, statuses, parent_silence)
+    if (
+        overall_status == "stalled"
+        and parent_silence is not None
+        and parent_silence > snap.stall_after_s
+    ):
+        warnings.append(
+            f"The session has reported nothing for {parent_silence:.0f} s (more than "
+            f"{snap.stall_after_s:.0f} s) between phases: its process may have been killed."
+        )
+    if snap.pause_requested and overall_status == "running":
+        warnings.append("Pause requested: the session pauses at its next checkpoint.")
+    for key in PHASES:
+        run = snap.phase(key).run
+        if statuses[key] == "failed" and run is not None and run.message:
+            warnings.append(f"{PHASE_LABELS[key]} failed: {run.message}")
+    if overall_status == "failed" and snap.parent.message and not any(
+        statuses[k] == "failed" for k in PHASES
+    ):
+        warnings.append(f"The session failed: {snap.parent.message}")
+
+    stats = {key: _stats(key, statuses[key], snap) for key in PHASES}
+    raw = sum(weights.shares[key] * stats[key].percentage for key in PHASES)
+    if overall_status == "completed":
+        percentage = 100.0
+    else:
+        percentage = min(round(raw, 2), 99.99)
+        percentage = max(percentage, min(snap.floor_percentage, 99.99))
+    eta = _eta(snap, weights, statuses, stats, warnings) if overall_status == "running" else None
+    if overall_status == "completed":
+        eta = 0
+
+    phases = {
+        key: PhaseProgress(
+            name=PHASE_NAMES[key],
+            status=statuses[key],
+            progress=stats[key],
+            started_at=_run(snap, key).start_time,
+            completed_at=_run(snap, key).end_time if statuses[key] in _ENDED else None,
+            message=_run(snap, key).message if statuses[key] == "failed" else None,
+        )
+        for key in PHASES
+    }
+    stamps = [snap.parent.state_time, snap.parent.start_time]
+    for key in PHASES:
+        stamps.append(snap.phase(key).artifact_updated)
+        stamps.append(_run(snap, key).state_time)
+    known = [s for s in stamps if s is not None]
+    response = UnifiedProgressResponse(
+        session_id=snap.session_id,
+        overall_status=overall_status,
+        overall_progress=OverallProgress(
+            percentage=percentage,
+            eta_seconds=eta,
+            current_phase=_current_phase(statuses, overall_status),
+        ),
+        phases=Phases(
+            training=phases["training"],
+            faceDetection=phases["faceDetection"],
+            clustering=phases["clustering"],
+        ),
+        weights=weights.schema(),
+        weights_source=weights.source,
+        warnings=warnings,
+        updated_at=max(known) if known else None,
+    )
+    logger.debug(
+        "Unified progress calculated for session %s: overall=%.1f%%, phase1=%.1f%%, "
+        "phase2=%.1f%%, phase3=%.1f%%, status=%s, eta=%s, weights=%s",
+        snap.session_id,
+        percentage,
+        stats["training"].percentage,
+        stats["faceDetection"].percentage,
+        stats["clustering"].percentage,
+        overall_status,
+        eta,
+        weights.source,
+    )
+    return response
+
+
+def _run(snap: SessionSnapshot, key: str) -> RunState:
+    return snap.phase(key).run or RunState(state_type=PENDING)
+
+
+def training_progress(unified: UnifiedProgressResponse) -> TrainingProgressResponse:
+    """The older phase-1-only view of a unified progress."""
+    training = unified.phases.training
+    return TrainingProgressResponse(
+        session_id=unified.session_id,
+        status=training.status,
+        progress=training.progress,
+        started_at=training.started_at,
+        completed_at=training.completed_at,
+    )
+
+
+def face_session(unified: UnifiedProgressResponse) -> FaceSessionResponse:
+    """Face detection and clustering of a unified progress, combined into one."""
+    faces, clusters = unified.phases.faceDetection, unified.phases.clustering
+    pair = {faces.status, clusters.status}
+    status: PhaseStatus
+    if pair <= {"skipped"}:
+        status = "skipped"
+    elif pair <= _DONE:
+        status = "completed"
+    else:
+        order: tuple[PhaseStatus, ...] = (
+            "failed", "cancelled", "cancelling", "stalled", "paused", "running", "processing",
+        )
+        status = next((s for s in order if s in pair), "pending")
+        if status == "running":
+            status = "processing"
+        if status == "pending" and faces.status == "completed":
+            status = "processing"
+    return FaceSessionResponse(
+        session_id=unified.session_id,
+        status=status,
+        progress=faces.progress,
+        face_detection=faces,
+        clustering=clusters,
+        started_at=faces.started_at,
+        completed_at=clusters.completed_at if status in _ENDED else None,
+    )

@@ -1,0 +1,210 @@
+"""Every request and response model of the REST API, camelCase on the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+PhaseName = Literal["training", "face_detection", "clustering"]
+CurrentPhase = Literal["training", "face_detection", "clustering", "completed"]
+PhaseStatus = Literal[
+    "pending",
+    "running",
+    "processing",
+    "paused",
+    "stalled",
+    "cancelling",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
+]
+OverallStatus = Literal[
+    "pending", "running", "paused", "stalled", "cancelling", "completed", "failed", "cancelled"
+]
+
+
+class ApiModel(BaseModel):
+    """Base of all API models: snake_case in Python, camelCase in JSON."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+    )
+
+
+class ErrorResponse(ApiModel):
+    """An error: what went wrong, in words a person can act on."""
+
+    detail: str
+
+
+class ProgressStats(ApiModel):
+    """Counts and speed of one phase."""
+
+    current: int = Field(ge=0)
+    total: int = Field(ge=0)
+    percentage: float = Field(ge=0, le=100)
+    eta_seconds: int | None = None
+    images_per_minute: float | None = None
+    skipped: int = 0
+    failed: int = 0
+
+
+class PhaseProgress(ApiModel):
+    """Progress of a single phase."""
+
+    name: PhaseName
+    status: PhaseStatus
+    progress: ProgressStats
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    message: str | None = Field(default=None, description="Why the phase failed, if it did")
+
+
+class OverallProgress(ApiModel):
+    """Progress across all phases."""
+
+    percentage: float = Field(ge=0, le=100)
+    eta_seconds: int | None = None
+    current_phase: CurrentPhase
+
+
+class Phases(ApiModel):
+    """The three phases, keyed as the seed's contract keys them."""
+
+    training: PhaseProgress
+    # Named like its JSON key so `getattr(phases, "faceDetection")` works too.
+    faceDetection: PhaseProgress
+    clustering: PhaseProgress
+
+
+class PhaseWeights(ApiModel):
+    """Share of the overall percentage each phase carries (sums to 1)."""
+
+    training: float = Field(ge=0, le=1)
+    # Named like its JSON key, as in `Phases`.
+    faceDetection: float = Field(ge=0, le=1)
+    clustering: float = Field(ge=0, le=1)
+
+
+class UnifiedProgressResponse(ApiModel):
+    """Unified progress of one session across training, face detection and clustering."""
+
+    session_id: UUID
+    overall_status: OverallStatus
+    overall_progress: OverallProgress
+    phases: Phases
+    weights: PhaseWeights
+    weights_source: str
+    warnings: list[str] = Field(default_factory=list)
+    updated_at: datetime | None = None
+
+
+class TrainingProgressResponse(ApiModel):
+    """The older phase-1-only progress (training = CLIP embeddings)."""
+
+    session_id: UUID
+    status: PhaseStatus
+    progress: ProgressStats
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class FaceSessionResponse(ApiModel):
+    """Face detection and clustering of one session, combined."""
+
+    session_id: UUID
+    status: PhaseStatus
+    progress: ProgressStats
+    face_detection: PhaseProgress
+    clustering: PhaseProgress
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class SessionSummary(ApiModel):
+    """One session in the list of recent sessions."""
+
+    session_id: UUID
+    name: str
+    folder: str | None
+    skip_face_detection: bool
+    status: OverallStatus
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class SessionList(ApiModel):
+    """Recent sessions, newest first."""
+
+    sessions: list[SessionSummary]
+
+
+class SessionCreate(ApiModel):
+    """Start indexing a folder under one of the configured library roots."""
+
+    folder: str = Field(min_length=1, max_length=4096)
+    skip_face_detection: bool = False
+
+
+class SessionCreated(ApiModel):
+    """A session that was just started."""
+
+    session_id: UUID
+    folder: str
+    skip_face_detection: bool
+    progress_url: str
+
+
+class SessionAction(ApiModel):
+    """The outcome of a cancel, pause or resume request."""
+
+    session_id: UUID
+    action: Literal["cancel", "pause", "resume"]
+    overall_status: OverallStatus
+    message: str
+
+
+class SearchHit(ApiModel):
+    """One photo that matches the query."""
+
+    path: str
+    score: float
+    payload: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class SearchResponse(ApiModel):
+    """Photos that best match a text query, best first."""
+
+    query: str
+    k: int
+    results: list[SearchHit]
+
+
+class Person(ApiModel):
+    """One person: a cluster of faces."""
+
+    person_id: str
+    face_count: int
+    representative_face_id: str | None
+    representative_crop_url: str | None
+    sample_crops: list[str] = Field(default_factory=list)
+
+
+class PersonList(ApiModel):
+    """Persons, largest first."""
+
+    persons: list[Person]
+
+
+class Health(ApiModel):
+    """Liveness of the API and its Prefect server."""
+
+    status: Literal["ok"]
+    prefect: Literal["ok"]
+    prefect_api_url: str | None = None

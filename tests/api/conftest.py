@@ -1,0 +1,98 @@
+"""Fixtures of the API tests: the shared Prefect harness's URL and a module-scoped client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.prefect_reader import PrefectReader
+from photoindex.settings import Settings
+
+Progress = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness: None) -> str:
+    """The harness's API URL, passed explicitly so threads outside its context reach it."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the Prefect test harness set no API URL"
+    return str(url)
+
+
+@pytest.fixture(scope="module")
+def api(prefect_api_url: str) -> Iterator[TestClient]:
+    """The real API on the harness, with the seed's weights (no calibration)."""
+    settings = Settings(prefect_api_url=prefect_api_url)
+    reader = PrefectReader(settings, cache_ttl_s=0.2, calibration_sessions=0)
+    with TestClient(create_app(settings, reader), raise_server_exceptions=False) as client:
+        yield client
+
+
+def progress_of(client: TestClient, session_id: UUID) -> Progress:
+    """GET progress-unified and insist on a 200."""
+    response = client.get(f"/api/v1/training/sessions/{session_id}/progress-unified")
+    assert response.status_code == 200, response.text
+    body: Progress = response.json()
+    return body
+
+
+def wait_for(
+    client: TestClient,
+    session_id: UUID,
+    condition: Callable[[Progress], bool],
+    timeout: float = 30,
+) -> Progress:
+    """Poll progress-unified until `condition` holds; fail with the last answer otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Progress = {}
+    while time.monotonic() < deadline:
+        last = progress_of(client, session_id)
+        if condition(last):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached in {timeout} s; last progress: {last}")
+
+
+@pytest.fixture(scope="module")
+def served_api(
+    prefect_api_url: str,
+    tiny_clip: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The real API under uvicorn on 127.0.0.1, with its own data folder and the tiny model."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    config, weights = tiny_clip
+    settings = Settings(
+        prefect_api_url=prefect_api_url,
+        data_dir=tmp_path_factory.mktemp("api-data"),
+        clip_model=config.stem,
+        clip_pretrained=str(weights),
+        clip_config=config,
+    )
+    app = create_app(settings, PrefectReader(settings, cache_ttl_s=0.2))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

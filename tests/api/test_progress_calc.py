@@ -1,0 +1,284 @@
+"""The pure unified-progress calculation: the seed's cases and the rules beyond them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from api.progress import (
+    Calibration,
+    PhaseSnapshot,
+    RunState,
+    SessionSnapshot,
+    Weights,
+    compute_progress,
+    face_session,
+    session_weights,
+    training_progress,
+)
+from api.schemas import UnifiedProgressResponse
+from tasks.progress import Counts
+
+NOW = datetime(2026, 1, 12, 10, 5, tzinfo=UTC)
+SEED = session_weights(Calibration(), faces=True)
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def running(started_s: float = 60) -> RunState:
+    return RunState("RUNNING", start_time=ago(started_s), state_time=ago(started_s))
+
+
+def done(started_s: float = 120, ended_s: float = 60, state: str = "COMPLETED") -> RunState:
+    end = ago(ended_s)
+    return RunState(state, start_time=ago(started_s), end_time=end, state_time=end)
+
+
+def phase(run: RunState | None, current: int = 0, total: int = 100, per_minute: float = 0.0,
+          updated_s: float = 1, finished: bool = False) -> PhaseSnapshot:
+    counts = Counts(current, total, per_minute=per_minute, done=finished)
+    return PhaseSnapshot(run=run, counts=counts, artifact_updated=ago(updated_s))
+
+
+def snapshot(
+    parent: str = "RUNNING", faces: bool = True, **phases: PhaseSnapshot
+) -> SessionSnapshot:
+    end = ago(1) if parent in {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"} else None
+    return SessionSnapshot(
+        session_id=uuid4(),
+        parent=RunState(parent, start_time=ago(600), end_time=end, state_time=ago(600)),
+        faces=faces,
+        phases=phases,
+        now=NOW,
+    )
+
+
+def calc(snap: SessionSnapshot, weights: Weights = SEED) -> UnifiedProgressResponse:
+    return compute_progress(snap, weights)
+
+
+def test_seed_case_training_half_done() -> None:
+    """100 images, 50 embedded: 15.0 overall, current phase training."""
+    result = calc(snapshot(training=phase(running(), 50)))
+    assert result.overall_progress.percentage == 15.0
+    assert result.overall_progress.current_phase == "training"
+    assert result.overall_status == "running"
+    assert result.phases.training.status == "running"
+    assert result.phases.faceDetection.status == "pending"
+    assert result.phases.clustering.status == "pending"
+    assert result.weights_source == "seed-default"
+
+
+def test_seed_case_faces_half_done() -> None:
+    """Training done, faces half done: 62.5, face_detection, completed + processing."""
+    result = calc(snapshot(
+        training=phase(done(), 100, finished=True), faceDetection=phase(running(), 50)
+    ))
+    assert result.overall_progress.percentage == 62.5
+    assert result.overall_progress.current_phase == "face_detection"
+    assert result.phases.training.status == "completed"
+    assert result.phases.faceDetection.status == "processing"
+    assert result.phases.faceDetection.progress.percentage == 50.0
+
+
+def test_seed_case_all_done() -> None:
+    """Every phase done: 100.0 and completed everywhere."""
+    result = calc(snapshot(
+        "COMPLETED",
+        training=phase(done(), 100, finished=True),
+        faceDetection=phase(done(), 100, finished=True),
+        clustering=phase(done(), 40, total=40, finished=True),
+    ))
+    assert result.overall_progress.percentage == 100.0
+    assert result.overall_status == "completed"
+    assert result.overall_progress.current_phase == "completed"
+    assert {p.status for p in (result.phases.training, result.phases.faceDetection,
+                               result.phases.clustering)} == {"completed"}
+    assert result.phases.clustering.progress.total == 40
+
+
+def test_never_100_before_the_session_ends() -> None:
+    """All phases finished but the parent still running: below 100, not completed."""
+    result = calc(snapshot(
+        training=phase(done(), 100, finished=True),
+        faceDetection=phase(done(), 100, finished=True),
+        clustering=phase(done(), 3, total=3, finished=True),
+    ))
+    assert result.overall_status == "running"
+    assert result.overall_progress.percentage == 99.99
+
+
+def test_skipped_face_phases_renormalise() -> None:
+    """Without faces, training carries all the weight and the face phases say skipped."""
+    weights = session_weights(Calibration(), faces=False)
+    half = calc(snapshot(faces=False, training=phase(running(), 50)), weights)
+    assert half.overall_progress.percentage == 50.0
+    assert half.phases.faceDetection.status == "skipped"
+    assert half.phases.clustering.status == "skipped"
+    assert half.weights.training == 1.0
+    assert "renormalised" in half.weights_source
+    finished = calc(snapshot("COMPLETED", faces=False, training=phase(done(), 100)), weights)
+    assert finished.overall_status == "completed"
+    assert finished.overall_progress.percentage == 100.0
+
+
+def test_failed_face_phase_fails_the_session() -> None:
+    """A failed face phase turns the session failed while training stays completed."""
+    failed = RunState("FAILED", start_time=ago(50), end_time=ago(10), state_time=ago(10),
+                      message="Flow run encountered an exception: RuntimeError('boom')")
+    result = calc(snapshot(
+        "FAILED", training=phase(done(), 100, finished=True), faceDetection=phase(failed, 30)
+    ))
+    assert result.overall_status == "failed"
+    assert result.phases.training.status == "completed"
+    assert result.phases.faceDetection.status == "failed"
+    assert result.phases.clustering.status == "skipped"
+    assert result.overall_progress.current_phase == "face_detection"
+    assert result.overall_progress.percentage == pytest.approx(30 + 0.65 * 30)
+    assert any("boom" in w for w in result.warnings)
+
+
+def test_crashed_counts_as_failed() -> None:
+    result = calc(snapshot("CRASHED", training=phase(done(state="CRASHED"), 10)))
+    assert result.overall_status == "failed"
+    assert result.phases.training.status == "failed"
+
+
+def test_silent_run_becomes_stalled() -> None:
+    """A run killed without Prefect noticing is stalled after the silence limit, with a warning."""
+    result = calc(snapshot(training=phase(running(900), 40, updated_s=300)))
+    assert result.overall_status == "stalled"
+    assert result.phases.training.status == "stalled"
+    assert any("300 s" in w and "killed" in w for w in result.warnings)
+    assert result.overall_progress.eta_seconds is None
+    fresh = calc(snapshot(training=phase(running(900), 40, updated_s=5)))
+    assert fresh.overall_status == "running"
+
+
+def test_silent_between_phases_is_stalled() -> None:
+    """A session silent between phases (no run alive) also stalls."""
+    snap = snapshot(training=phase(done(900, 800), 100, finished=True, updated_s=800))
+    snap = SessionSnapshot(**{**snap.__dict__, "parent": RunState(
+        "RUNNING", start_time=ago(1000), state_time=ago(1000))})
+    result = calc(snap)
+    assert result.overall_status == "stalled"
+    assert any("between phases" in w for w in result.warnings)
+
+
+def test_paused_and_cancelled_as_prefect_reports() -> None:
+    paused = calc(snapshot(training=phase(RunState("PAUSED", start_time=ago(60)), 20)))
+    assert paused.overall_status == "paused"
+    assert paused.phases.training.status == "paused"
+    cancelled = calc(snapshot("CANCELLED", training=phase(done(state="CANCELLED"), 20)))
+    assert cancelled.overall_status == "cancelled"
+    assert cancelled.phases.faceDetection.status == "cancelled"
+
+
+def test_cancelling_until_the_session_has_stopped() -> None:
+    """A requested cancel is `cancelling` until Prefect reports the session Cancelled."""
+    result = calc(snapshot("CANCELLING", training=phase(RunState("CANCELLING"), 20)))
+    assert result.overall_status == "cancelling"
+    assert result.phases.training.status == "cancelling"
+    assert result.phases.faceDetection.status == "cancelled"
+    requested = SessionSnapshot(**{**snapshot(training=phase(running(), 20)).__dict__,
+                                   "cancel_requested": True})
+    assert calc(requested).overall_status == "cancelling"
+
+
+def test_pending_before_anything_runs() -> None:
+    snap = SessionSnapshot(session_id=uuid4(), parent=RunState("PENDING"), faces=True,
+                           phases={}, now=NOW)
+    result = calc(snap)
+    assert result.overall_status == "pending"
+    assert result.overall_progress.percentage == 0.0
+    assert result.overall_progress.eta_seconds is None
+    assert result.overall_progress.current_phase == "training"
+
+
+def test_eta_from_measured_rate_and_seed_ratios() -> None:
+    """No history: training from its rate, later phases from the seed's ratios."""
+    result = calc(snapshot(training=phase(running(), 50, per_minute=60.0)))
+    # 50 left at 1/s, then faces 100 x 1 s x 65/30 and clustering 100 x 1 s x 5/30.
+    assert result.phases.training.progress.eta_seconds == 50
+    assert result.overall_progress.eta_seconds == round(50 + 100 * 65 / 30 + 100 * 5 / 30)
+
+
+def test_eta_from_calibrated_costs() -> None:
+    """With history: later phases from calibrated per-image seconds."""
+    weights = session_weights(
+        Calibration({"training": 0.5, "faceDetection": 2.0, "clustering": 0.1}, sessions=3),
+        faces=True,
+    )
+    assert weights.source == "calibrated from 3 sessions"
+    assert weights.shares["faceDetection"] == pytest.approx(2.0 / 2.6)
+    result = calc(snapshot(training=phase(running(), 50, per_minute=120.0)), weights)
+    assert result.overall_progress.eta_seconds == 25 + 200 + 10
+    assert result.overall_progress.percentage == round(100 * 0.5 / 2.6 * 0.5, 2)
+
+
+def test_eta_unknown_without_a_rate() -> None:
+    result = calc(snapshot(training=phase(running(), 0)))
+    assert result.overall_progress.eta_seconds is None
+
+
+def test_slow_phase_warns() -> None:
+    """A phase clearly slower than its history gets a warning (the seed's open question 4)."""
+    weights = session_weights(Calibration({"training": 0.1}, sessions=1), faces=True)
+    result = calc(snapshot(training=phase(running(), 50, per_minute=60.0)), weights)
+    assert any("slower than in recent sessions" in w for w in result.warnings)
+    assert "faceDetection, clustering from seed ratios" in result.weights_source
+
+
+def test_percentage_never_goes_below_an_earlier_report() -> None:
+    snap = snapshot(training=phase(running(), 10))
+    lowered = SessionSnapshot(**{**snap.__dict__, "floor_percentage": 40.0})
+    assert calc(lowered).overall_progress.percentage == 40.0
+
+
+def test_percentage_rises_monotonically_through_a_session() -> None:
+    steps = [
+        snapshot(training=phase(running(), n)) for n in (0, 10, 50, 99)
+    ] + [
+        snapshot(training=phase(done(), 100, finished=True), faceDetection=phase(running(), n))
+        for n in (0, 50, 100)
+    ] + [
+        snapshot(training=phase(done(), 100, finished=True),
+                 faceDetection=phase(done(), 100, finished=True),
+                 clustering=phase(running(), 1, total=2)),
+        snapshot("COMPLETED", training=phase(done(), 100, finished=True),
+                 faceDetection=phase(done(), 100, finished=True),
+                 clustering=phase(done(), 2, total=2, finished=True)),
+    ]
+    seen = [calc(s).overall_progress.percentage for s in steps]
+    assert seen == sorted(seen)
+    assert seen[-1] == 100.0 and max(seen[:-1]) < 100.0
+
+
+def test_legacy_and_face_session_views() -> None:
+    result = calc(snapshot(
+        training=phase(done(), 100, finished=True), faceDetection=phase(running(), 50)
+    ))
+    legacy = training_progress(result)
+    assert legacy.status == "completed" and legacy.progress.percentage == 100.0
+    faces = face_session(result)
+    assert faces.status == "processing"
+    assert faces.progress.current == 50
+    assert faces.clustering.status == "pending"
+
+
+def test_json_uses_the_seed_field_names() -> None:
+    result = calc(snapshot(training=phase(running(), 50)))
+    data = result.model_dump(mode="json")
+    assert set(data) >= {"sessionId", "overallStatus", "overallProgress", "phases", "weights",
+                         "weightsSource", "warnings", "updatedAt"}
+    assert set(data["overallProgress"]) == {"percentage", "etaSeconds", "currentPhase"}
+    assert set(data["phases"]) == {"training", "faceDetection", "clustering"}
+    training = data["phases"]["training"]
+    assert set(training) == {"name", "status", "progress", "startedAt", "completedAt", "message"}
+    assert {"current", "total", "percentage", "etaSeconds", "imagesPerMinute"} <= set(
+        training["progress"]
+    )
