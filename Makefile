@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?=
 
-.PHONY: install index serve test lint browser
+.PHONY: install index serve test lint
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
