@@ -29,6 +29,22 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
+# What each error of ours means to a client.
+ERROR_STATUS: dict[type[Exception], int] = {
+    SessionNotFound: 404,
+    FolderNotFound: 404,
+    FolderForbidden: 403,
+    SessionConflict: 409,
+    PrefectUnavailable: 503,
+    LibraryUnavailable: 503,
+}
+
+
+async def _known_error(_: Request, exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
+    return _error(status, str(exc))
+
+
 def create_app(
     settings: Settings | None = None,
     reader: PrefectReader | None = None,
@@ -63,29 +79,8 @@ def create_app(
         "/healthz", health.healthz, include_in_schema=False, response_model=None
     )
 
-    @app.exception_handler(SessionNotFound)
-    async def not_found(_: Request, exc: SessionNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(SessionConflict)
-    async def conflict(_: Request, exc: SessionConflict) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(PrefectUnavailable)
-    async def prefect_down(_: Request, exc: PrefectUnavailable) -> JSONResponse:
-        return _error(503, str(exc))
-
-    @app.exception_handler(LibraryUnavailable)
-    async def library_down(_: Request, exc: LibraryUnavailable) -> JSONResponse:
-        return _error(503, str(exc))
-
-    @app.exception_handler(FolderForbidden)
-    async def forbidden(_: Request, exc: FolderForbidden) -> JSONResponse:
-        return _error(403, str(exc))
-
-    @app.exception_handler(FolderNotFound)
-    async def folder_missing(_: Request, exc: FolderNotFound) -> JSONResponse:
-        return _error(404, str(exc))
+    for known in ERROR_STATUS:
+        app.add_exception_handler(known, _known_error)
 
     @app.exception_handler(Exception)
     async def last_resort(request: Request, exc: Exception) -> JSONResponse:

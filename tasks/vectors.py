@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
@@ -54,6 +55,8 @@ def get_client(settings: Settings | None = None) -> QdrantClient:
                         "(an index run or `photoindex serve`); wait for it to finish, or run "
                         "a Qdrant server and set PHOTOINDEX_QDRANT_URL"
                     ) from err
+            if not _clients:
+                atexit.register(close_clients)  # close before interpreter teardown, quietly
             _clients[where] = client
         return client
 
