@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ import httpx
 from photoindex.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -78,6 +82,7 @@ def ensure_prefect_api(
         stderr=subprocess.STDOUT,
         env=os.environ.copy(),
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     atexit.register(stop_server, proc)
     deadline = time.monotonic() + wait_s
@@ -93,6 +98,12 @@ def ensure_prefect_api(
     raise PrefectUnavailable(
         f"the local Prefect server did not start in {wait_s:.0f} s; see {log_path}"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started us dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
