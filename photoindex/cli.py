@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from photoindex.prefect_server import ui_url
 from photoindex.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def index(
 
     session_id = asyncio.run(create_session(folder.resolve(), faces=not no_faces))
     proc = start_session_process(session_id)
-    console.print(f"session [bold]{session_id}[/bold] — Prefect UI: {api_url.removesuffix('/api')}")
+    console.print(f"session [bold]{session_id}[/bold] — Prefect UI: {ui_url(api_url)}")
     if detach:
         return
     try:
@@ -247,7 +248,7 @@ def serve(
     settings = get_settings()
     api_url = _prefect(settings)
     console.print(
-        f"photoindex on http://{host}:{port}/ — Prefect UI: {api_url.removesuffix('/api')}"
+        f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}"
     )
     from api.app import create_app
 

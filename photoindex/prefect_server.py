@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
@@ -120,7 +119,3 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 def ui_url(api_url: str) -> str:
     """The Prefect UI's address for an API URL."""
     return api_url.rstrip("/").removesuffix("/api")
-
-
-def data_path(settings: Settings) -> Path:
-    return settings.data_dir.resolve()
