@@ -53,7 +53,22 @@ class Settings(BaseSettings):
 
     library_roots: list[Path] = Field(default_factory=list)
     stall_after_s: float = 120.0
+    fail_after_s: float = Field(
+        default=900.0,
+        description="A running session silent this long is reported failed (its process died).",
+    )
     task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(
+        default=None, description="An existing Dask scheduler; unset = a local cluster"
+    )
+    dask_workers: int = Field(default=2, description="Workers of the local Dask cluster")
+    results_dir: Path | None = Field(
+        default=None,
+        description="Where batch results persist for resumes; shared storage on a cluster",
+    )
+    preview_side: int = Field(
+        default=1600, description="Long side of the cached preview every phase decodes"
+    )
 
     @property
     def qdrant_dir(self) -> Path:
@@ -70,6 +85,18 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def previews_dir(self) -> Path:
+        return self.data_dir / "previews"
+
+    @property
+    def results_path(self) -> Path:
+        return self.results_dir or self.data_dir / "results"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.data_dir / "locks"
 
     @property
     def prefect_home(self) -> Path:
