@@ -11,6 +11,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
 from prefect.states import Pending
 
 from flows.cluster_faces import cluster_faces
@@ -18,6 +19,7 @@ from flows.detect_faces import detect_faces
 from flows.embed_images import embed_images
 from photoindex.settings import get_settings
 from tasks.catalog import Catalog
+from tasks.lock import LibraryBusy, busy_message, library_holder, library_lock
 from tasks.phase import PhaseSummary
 from tasks.vectors import close_clients
 
@@ -35,12 +37,15 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     if not root.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
     folder = str(root.resolve())
-    summaries = [embed_images(folder)]
-    close_clients()  # release local Qdrant's lock as soon as the vectors are in
-    if faces:
-        summaries.append(detect_faces(folder))
-        summaries.append(cluster_faces())
-    Catalog().write_duckdb_file()
+    settings = get_settings()
+    session = str(flow_run.get_id() or "?")
+    with library_lock(settings, session, folder):  # one writer per data folder, or a clear no
+        summaries = [embed_images(folder)]
+        close_clients()  # release local Qdrant's lock as soon as the vectors are in
+        if faces:
+            summaries.append(detect_faces(folder))
+            summaries.append(cluster_faces())
+        Catalog().write_duckdb_file()
     for s in summaries:
         log.info(
             "%s: %d items, %d new, %d reused, %d skipped, %d failed in %.1f s",
@@ -56,8 +61,6 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
 
 
 def _run_folder() -> str:
-    from prefect.runtime import flow_run
-
     params = flow_run.parameters or {}
     return session_name(str(params.get("folder", "?")))
 
@@ -91,9 +94,15 @@ def start_session_process(session_id: UUID) -> subprocess.Popen[bytes]:
 
 
 def submit_session(folder: Path, faces: bool = True) -> UUID:
-    """Create a session and start it in a separate process; returns at once."""
+    """Create a session and start it in a separate process; returns at once.
+
+    Raises LibraryBusy when a session is indexing into this data folder now.
+    """
     import asyncio
 
+    holder = library_holder(get_settings())
+    if holder is not None:
+        raise LibraryBusy(busy_message(holder, get_settings()))
     session_id = asyncio.run(create_session(folder, faces))
     start_session_process(session_id)
     return session_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -48,6 +49,20 @@ FACE_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("crop_path", pa.string()),
         ("indexed_at", pa.timestamp("us", tz="UTC")),
+        ("removed", pa.bool_()),  # a tombstone: the photo left the library
+    ]
+)
+
+# One manifest per library folder: the files its latest scan found, with their hashes.
+FILE_SCHEMA = pa.schema(
+    [
+        ("root", pa.string()),
+        ("path", pa.string()),  # for people: undecodable bytes escaped, see display_path
+        ("raw_path", pa.binary()),  # for programs: the exact bytes of the name
+        ("sha256", pa.string()),
+        ("size", pa.int64()),
+        ("mtime", pa.float64()),
+        ("scanned_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -78,9 +93,11 @@ _VIEWS = {
         "ORDER BY updated_at DESC) = 1"
     ),
     "faces": (
-        "SELECT * FROM read_parquet({glob}, union_by_name=true) "
-        "QUALIFY row_number() OVER (PARTITION BY face_id ORDER BY indexed_at DESC) = 1"
+        "SELECT * EXCLUDE (removed) FROM (SELECT * FROM read_parquet({glob}, union_by_name=true) "
+        "QUALIFY row_number() OVER (PARTITION BY face_id ORDER BY indexed_at DESC) = 1) "
+        "WHERE removed IS NOT TRUE"
     ),
+    "files": "SELECT * FROM read_parquet({glob})",
     "persons": "SELECT * FROM read_parquet({glob})",
     "person_faces": "SELECT * FROM read_parquet({glob})",
 }
@@ -89,12 +106,13 @@ _SCHEMAS = {
     "faces": FACE_SCHEMA,
     "persons": PERSON_SCHEMA,
     "person_faces": PERSON_FACE_SCHEMA,
+    "files": FILE_SCHEMA,
 }
 _IMAGES_VIEW = (
     "SELECT e.sha256, e.path, e.status, e.reason, e.width, e.height, e.model AS clip_model, "
     "f.n_faces, f.status AS faces_status, e.updated_at AS indexed_at "
     "FROM status e LEFT JOIN (SELECT * FROM status WHERE phase = 'faces') f "
-    "ON f.key = e.key WHERE e.phase = 'embed'"
+    "ON f.key = e.key WHERE e.phase = 'embed' AND e.status <> 'removed'"
 )
 
 
@@ -177,13 +195,49 @@ class Catalog:
         finally:
             con.close()
 
-    def done_keys(self, phase: str, model: str) -> set[str]:
-        """Keys a phase finished for a model: indexed or skipped for good, not failed."""
+    def done_rows(self, phase: str, model: str) -> dict[str, dict[str, Any]]:
+        """Status rows of the keys a phase finished for a model: indexed or skipped for good."""
         rows = self.query(
-            "SELECT key FROM status WHERE phase = ? AND model = ? AND status <> 'failed'",
+            "SELECT * FROM status WHERE phase = ? AND model = ? "
+            "AND status NOT IN ('failed', 'removed')",
             (phase, model),
         )
-        return {r["key"] for r in rows}
+        return {r["key"]: r for r in rows}
+
+    def done_keys(self, phase: str, model: str) -> set[str]:
+        """Keys a phase finished for a model."""
+        return set(self.done_rows(phase, model))
+
+    # the library's files -----------------------------------------------------
+    def _manifest(self, root: str) -> Path:
+        digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+        return self.root / "files" / f"{digest}.parquet"
+
+    def known_files(self) -> dict[str, tuple[int, float, str]]:
+        """Hashes from earlier scans, by path: (size, mtime, sha256). Unchanged files reuse them."""
+        rows = self.query("SELECT raw_path, size, mtime, sha256 FROM files")
+        return {os.fsdecode(r["raw_path"]): (r["size"], r["mtime"], r["sha256"]) for r in rows}
+
+    def write_manifest(self, root: str, files: Sequence[tuple[str, str, int, float]]) -> None:
+        """Replace a folder's manifest with what its scan found: (path, sha256, size, mtime)."""
+        scanned = now_utc()
+        rows = [
+            {
+                "root": display_path(root),
+                "path": display_path(p),
+                "raw_path": os.fsencode(p),
+                "sha256": h,
+                "size": n,
+                "mtime": m,
+                "scanned_at": scanned,
+            }
+            for p, h, n, m in files
+        ]
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=FILE_SCHEMA), self._manifest(root))
+
+    def present_shas(self) -> set[str]:
+        """The content of every photo in some library folder, as of each folder's last scan."""
+        return {r["sha256"] for r in self.query("SELECT DISTINCT sha256 FROM files")}
 
     def faces_for_model(self, model: str) -> pa.Table:
         """All face rows of one face model, as Arrow (ids, embeddings)."""
@@ -251,6 +305,10 @@ def _duck_type(t: pa.DataType) -> str:
         return "FLOAT"
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_binary(t):
+        return "BLOB"
     return "FLOAT[]"
 
 

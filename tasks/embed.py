@@ -44,8 +44,16 @@ class Prepared:
 
 @dataclass
 class Embedded:
-    prepared: Prepared
+    """A computed batch, without the pixels: small enough to persist as a batch result."""
+
+    refs: list[ImageRef]
+    sizes: list[tuple[int, int]]
+    skipped: list[tuple[ImageRef, str]]
     vectors: np.ndarray
+
+
+#: How long the embed phase waits for a local vector store that another process holds.
+STORE_WAIT_S = 120.0
 
 
 class EmbedPhase(ImagePhase[Prepared, Embedded]):
@@ -80,12 +88,25 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         return Prepared(refs, sizes, pixels, skipped)
 
     def compute(self, batch: Prepared) -> Embedded:
-        if batch.pixels is None:
-            return Embedded(batch, np.zeros((0, 0), dtype=np.float32))
-        return Embedded(batch, self.model.embed_tensors(batch.pixels))
+        vectors = (
+            np.zeros((0, 0), dtype=np.float32)
+            if batch.pixels is None
+            else self.model.embed_tensors(batch.pixels)
+        )
+        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors)
+
+    def store(self) -> VectorStore:
+        # A local-mode store may be held briefly by the API's search: wait for it.
+        return VectorStore(self.model_id, self.settings, wait_s=STORE_WAIT_S)
+
+    def forget(self, keys: Sequence[str]) -> None:
+        self.store().delete(keys)
+
+    def moved(self, refs: Sequence[ImageRef]) -> None:
+        self.store().set_paths({ref.sha256: display_path(ref.path) for ref in refs})
 
     def write(self, result: Embedded) -> BatchOutcome:
-        prepared = result.prepared
+        prepared = result
         rows: list[dict[str, Any]] = [
             self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
             for ref, reason in prepared.skipped
@@ -102,7 +123,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
                 }
                 for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
             ]
-            VectorStore(self.model_id, self.settings).upsert(result.vectors, payloads)
+            self.store().upsert(result.vectors, payloads)
             rows += [
                 self.status(ref.sha256, ref.path, "indexed", sha256=ref.sha256, width=w, height=h)
                 for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)

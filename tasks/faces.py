@@ -41,7 +41,7 @@ def _analyzer(
     )
 
 
-def face_analyzer(settings: Settings) -> FaceAnalyzer:
+def face_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyzer:
     """One face analyzer per process and model setting; loaded on first use."""
     return _analyzer(
         settings.face_detector,
@@ -50,7 +50,7 @@ def face_analyzer(settings: Settings) -> FaceAnalyzer:
         settings.models_dir,
         settings.face_det_size,
         settings.face_det_threshold,
-        settings.threads,
+        settings.threads if threads is None else threads,
     )
 
 
@@ -76,11 +76,13 @@ class FacesPhase(ImagePhase[Loaded, Found]):
 
     name = "faces"
     max_side = 1600  # big enough for small faces in group photos, far cheaper than 12 MP
+    # The recognisers take one face at a time: batches run in parallel, one thread each.
+    serial_compute = False
 
     def __init__(self, folder: Path, settings: Settings | None = None) -> None:
         super().__init__(folder, settings)
         self.batch_size = self.settings.face_batch_size
-        self.analyzer = face_analyzer(self.settings)
+        self.analyzer = face_analyzer(self.settings, threads=1)
 
     @property
     def model_id(self) -> str:
@@ -133,6 +135,25 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         # Face rows land before the status rows that mark their photos done.
         self.catalog.append("faces", face_rows, name="faces")
         return BatchOutcome(rows)
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Tombstone the faces of photos gone from the library and delete their crops."""
+        gone = self.catalog.query(
+            "SELECT face_id, crop_path FROM faces WHERE list_contains(?, image_sha256)",
+            (list(keys),),
+        )
+        for row in gone:
+            Path(row["crop_path"]).unlink(missing_ok=True)
+        removed_at = now_utc()
+        self.catalog.append(
+            "faces",
+            [
+                {"face_id": r["face_id"], "model": self.model_id, "indexed_at": removed_at,
+                 "removed": True}
+                for r in gone
+            ],
+            name="removed",
+        )  # fmt: skip
 
 
 def save_jpeg(rgb: np.ndarray, dest: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from photoindex.settings import Settings
+from tasks.catalog import display_path, now_utc
 from tasks.decode import Decoded, SkipImage, decode_image
 from tasks.discover import ImageRef, discover_images
 from tasks.phase import Phase, Rejection
@@ -16,7 +17,13 @@ Loaded = TypeVar("Loaded")
 
 
 class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
-    """A phase whose items are the photos under a folder, keyed by content hash."""
+    """A phase whose items are the photos under a folder, keyed by content hash.
+
+    Discovery scans the folder and replaces its manifest in the catalog: unchanged
+    files keep their hash (no re-read), so only new or modified files are hashed.
+    Photos whose content is in no folder's manifest any more are stale: the phase
+    forgets what it stored for them. A photo found under a new path is moved, not new.
+    """
 
     max_side: int | None = None
 
@@ -24,8 +31,14 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         super().__init__(settings)
         self.folder = folder
 
+    def init_args(self) -> tuple[Any, ...]:
+        return (self.folder, self.settings)
+
     def discover(self) -> tuple[Sequence[ImageRef], Sequence[Rejection]]:
-        images, rejected = discover_images(self.folder)
+        images, rejected = discover_images(self.folder, known=self.catalog.known_files())
+        self.catalog.write_manifest(
+            str(self.folder), [(r.path, r.sha256, r.size, r.mtime) for r in images]
+        )
         # The same photo stored twice is one item: content decides, not the path.
         unique: dict[str, ImageRef] = {}
         for ref in images:
@@ -36,6 +49,31 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
 
     def key(self, item: ImageRef) -> str:
         return item.sha256
+
+    def path(self, item: ImageRef) -> str:
+        return item.path
+
+    def stale(self, done: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        present = self.catalog.present_shas()
+        return sorted(k for k in done if not k.startswith("path:") and k not in present)
+
+    def relocated(
+        self, items: Sequence[ImageRef], done: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        moved = [
+            ref
+            for ref in items
+            if ref.sha256 in done and done[ref.sha256]["path"] != display_path(ref.path)
+        ]
+        if moved:
+            self.moved(moved)
+        return [
+            {**done[ref.sha256], "path": display_path(ref.path), "updated_at": now_utc()}
+            for ref in moved
+        ]
+
+    def moved(self, refs: Sequence[ImageRef]) -> None:
+        """Point what this phase stored at the photos' new paths."""
 
     def decode(self, batch: Sequence[ImageRef]) -> list[tuple[ImageRef, Decoded | SkipImage]]:
         """Decode each photo once at this phase's size; a bad one becomes its reason."""

@@ -2,23 +2,30 @@
 
 A phase says what its work items are and how to read, compute and write a batch.
 `run_phase` does the rest, identically for every phase: it skips items finished
-by earlier runs (keyed by content plus model), records rejected items with their
-reason, reads the next batch while the current one computes, publishes the progress
+by earlier runs (keyed by content plus model), forgets items gone from the library,
+records rejected items with their reason, keeps a few batches in flight on the task
+runner (threads or Dask) while the flow writes finished ones, publishes the progress
 artifact and checks for pause or cancel between batches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
+from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog, chunks, status_row
@@ -64,9 +71,8 @@ class PhaseSummary:
     skipped: int
     failed: int
     seconds: float = 0.0
-    read_wait_s: float = 0.0  # time the loop waited for reading (decoding) beyond compute
-    compute_s: float = 0.0
-    write_s: float = 0.0
+    wait_s: float = 0.0  # the flow waiting for batches to be read and computed
+    write_s: float = 0.0  # the flow writing results and status rows
 
 
 class Phase(ABC, Generic[Item, Read, Computed]):
@@ -74,10 +80,20 @@ class Phase(ABC, Generic[Item, Read, Computed]):
 
     name: str
     batch_size: int = 16
+    serial_compute: bool = True  # False: batches compute in parallel (single-threaded models)
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.catalog = Catalog(self.settings)
+
+    def init_args(self) -> tuple[Any, ...]:
+        """The constructor arguments that rebuild this phase in another process."""
+        return (self.settings,)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A phase travels to task-runner workers as its arguments; the worker's constructor
+        # then takes that process's cached models, so each worker loads a model once.
+        return (type(self), self.init_args())
 
     @property
     @abstractmethod
@@ -107,17 +123,80 @@ class Phase(ABC, Generic[Item, Read, Computed]):
         """A status row of this phase."""
         return status_row(key, self.name, self.model_id, path, status, **extra)
 
+    def path(self, item: Item) -> str:
+        """Where an item comes from, for status rows."""
+        return str(item)
 
-@task(cache_policy=NO_CACHE, task_run_name="{phase.name}-read")
-def read_batch(phase: Phase[Any, Any, Any], batch: Sequence[Any]) -> Any:
-    """Load one batch."""
-    return phase.read(batch)
+    def failure(self, item: Item, err: BaseException) -> dict[str, Any]:
+        """The status row of an item whose batch raised: failed, so the next run retries it."""
+        reason = f"{type(err).__name__}: {err}"[:500]
+        return self.status(self.key(item), self.path(item), "failed", reason=reason)
+
+    def in_flight(self) -> int:
+        """How many batches may be read or computed at once."""
+        s = self.settings
+        return 2 * s.dask_workers if s.task_runner == "dask" else max(2, s.threads)
+
+    def cache_key(self, batch: Sequence[Item]) -> str:
+        """The persisted-result key of a batch: code, phase, model and the items' content."""
+        digest = hashlib.sha256(f"{BATCH_CODE_VERSION}:{self.name}:{self.model_id}".encode())
+        for item in batch:
+            digest.update(f"\n{self.key(item)}:{self.path(item)}".encode())
+        return f"photoindex-{self.name}-{digest.hexdigest()[:32]}"
+
+    # resuming over a changing library; a phase without removable items keeps the defaults
+    def stale(self, done: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Keys done earlier whose items are gone from the library."""
+        return []
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Drop what this phase stored for these keys."""
+
+    def relocated(
+        self, items: Sequence[Item], done: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Status rows for done items found under a new path (moved, not changed)."""
+        return []
 
 
-@task(cache_policy=NO_CACHE, task_run_name="{phase.name}-compute")
-def compute_batch(phase: Phase[Any, Any, Any], loaded: Any) -> Any:
-    """Compute one loaded batch."""
-    return phase.compute(loaded)
+#: Bump when what a batch computes changes, so persisted batch results are not reused.
+BATCH_CODE_VERSION = "1"
+#: A phase fails outright when its first batches all fail: the error is systematic.
+SYSTEMATIC_FAILURES = 2
+
+_compute_locks: dict[str, threading.Lock] = {}
+_compute_locks_guard = threading.Lock()
+
+
+def _compute_lock(name: str) -> threading.Lock:
+    with _compute_locks_guard:
+        return _compute_locks.setdefault(name, threading.Lock())
+
+
+def _batch_cache_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
+    phase: Phase[Any, Any, Any] = parameters["phase"]
+    return phase.cache_key(parameters["batch"])
+
+
+@task(
+    cache_key_fn=_batch_cache_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=7),
+    task_run_name="{phase.name}-batch",
+)
+def process_batch(phase: Phase[Any, Any, Any], batch: Sequence[Any]) -> Any:
+    """Read and compute one batch, wherever the task runner puts it.
+
+    The result persists under a key made of the items' content and the model, so a
+    re-run after a crash takes a batch that was computed but never written from storage.
+    Reading is free to overlap; computing is serial per process when the phase says so
+    (torch already uses every core), and parallel otherwise (one thread per ONNX call).
+    """
+    loaded = phase.read(batch)
+    if not phase.serial_compute:
+        return phase.compute(loaded)
+    with _compute_lock(phase.name):
+        return phase.compute(loaded)
 
 
 @task(
@@ -131,26 +210,53 @@ def write_batch(phase: Phase[Any, Any, Any], computed: Any) -> BatchOutcome:
     return phase.write(computed)
 
 
+def _result_storage(settings: Settings) -> AbstractContextManager[Any]:
+    """Persist batch results where the settings say: shared storage on a cluster."""
+    return temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH: settings.results_path})
+
+
 def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
-    """Run a phase over its work: the shared loop of batching, progress and resume."""
+    """Run a phase over its work: the shared loop of batching, progress and resume.
+
+    A bounded number of batches is in flight on the task runner (threads here, or Dask
+    workers); the flow writes each as it completes, in whatever order, so the counts
+    stay right. A batch that raises marks its items failed (they are retried next run)
+    unless nothing has succeeded yet, which means the error is systematic.
+    """
     log = get_run_logger()
     started = time.monotonic()
     # The artifact exists before discovery, so a long scan reads as alive, not stalled.
     reporter = ProgressReporter(phase.name, total=0, interval_s=phase.settings.progress_interval_s)
     reporter.start()
     items, rejected = phase.discover()
-    done = phase.catalog.done_keys(phase.name, phase.model_id)
+    done = phase.catalog.done_rows(phase.name, phase.model_id)
+    removed = phase.stale(done)
+    if removed:
+        phase.forget(removed)
+        phase.catalog.append(
+            "status",
+            [
+                phase.status(k, done[k]["path"], "removed", sha256=done[k]["sha256"])
+                for k in removed
+            ],
+            name=phase.name,
+        )
+        log.info("%s: %d items no longer in any library folder, removed", phase.name, len(removed))
     todo = [item for item in items if phase.key(item) not in done]
+    moved = phase.relocated(items, done)
+    if moved:
+        phase.catalog.append("status", moved, name=phase.name)
     new_rejects = [r for r in rejected if r.key not in done]
     reused = len(items) + len(rejected) - len(todo) - len(new_rejects)
     total = len(items) + len(rejected)
     reporter.total, reporter.current = total, reused
     reporter.publish()
     log.info(
-        "%s: %d items, %d already done, %d to do, %d rejected",
+        "%s: %d items, %d already done (%d moved), %d to do, %d rejected",
         phase.name,
         total,
         reused,
+        len(moved),
         len(todo),
         len(new_rejects),
     )
@@ -167,23 +273,33 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
             log.warning("skipped %s: %s", r.path, r.reason)
         reporter.advance(skipped=len(new_rejects))
 
-    processed = skipped = failed = 0
-    read_wait = compute_s = write_s = 0.0
-    batches = list(chunks(todo, phase.batch_size))
-    pending: PrefectFuture[Any] | None = read_batch.submit(phase, batches[0]) if batches else None
-    for index in range(len(batches)):
-        checkpoint()
-        assert pending is not None
+    processed = skipped = failed = ok_batches = failed_batches = 0
+    wait_s = write_s = 0.0
+    queue = list(chunks(sorted(todo, key=phase.key), phase.batch_size))
+    queue.reverse()
+    in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
+    while queue or in_flight:
+        while queue and len(in_flight) < phase.in_flight():
+            checkpoint()
+            batch = queue.pop()
+            with _result_storage(phase.settings):
+                in_flight[process_batch.submit(phase, batch)] = batch
         tick = time.monotonic()
-        loaded = pending.result()
-        read_wait += time.monotonic() - tick
-        # Read the next batch while this one computes.
-        pending = read_batch.submit(phase, batches[index + 1]) if index + 1 < len(batches) else None
+        future = next(as_completed(list(in_flight)))
+        batch = in_flight.pop(future)
+        wait_s += time.monotonic() - tick
         tick = time.monotonic()
-        computed = compute_batch(phase, loaded)
-        compute_s += time.monotonic() - tick
-        tick = time.monotonic()
-        outcome = write_batch(phase, computed)
+        try:
+            computed = future.result()
+        except Exception as err:
+            failed_batches += 1
+            if ok_batches == 0 and failed_batches >= min(SYSTEMATIC_FAILURES, len(todo)):
+                raise
+            log.error("%s: a batch of %d failed: %s", phase.name, len(batch), err)
+            outcome = BatchOutcome([phase.failure(item, err) for item in batch])
+        else:
+            ok_batches += 1
+            outcome = write_batch(phase, computed)
         phase.catalog.append("status", outcome.rows, name=phase.name)
         write_s += time.monotonic() - tick
         n_ok, n_skip, n_fail = (outcome.count(s) for s in ("indexed", "skipped", "failed"))
@@ -202,7 +318,6 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
         skipped=skipped + len(new_rejects),
         failed=failed,
         seconds=time.monotonic() - started,
-        read_wait_s=read_wait,
-        compute_s=compute_s,
+        wait_s=wait_s,
         write_s=write_s,
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+logger = logging.getLogger(__name__)
 
 PHASE_ARTIFACT_KEYS = {
     "embed": "photoindex-embed",
@@ -77,14 +80,18 @@ class ProgressReporter:
 
     def start(self) -> None:
         """Create the artifact at 0 (or at what earlier runs already did)."""
-        artifact_id = create_progress_artifact(
-            progress=self.counts().percentage,
-            key=PHASE_ARTIFACT_KEYS[self.phase],
-            description=self.counts().describe(),
-        )
+        self._last_publish = time.monotonic()
+        try:
+            artifact_id = create_progress_artifact(
+                progress=self.counts().percentage,
+                key=PHASE_ARTIFACT_KEYS[self.phase],
+                description=self.counts().describe(),
+            )
+        except Exception as err:  # the Prefect API is down: the work goes on, we retry later
+            logger.warning("progress not published (%s): %s", self.phase, err)
+            return
         assert isinstance(artifact_id, UUID)  # the sync call in a sync flow
         self._artifact_id = artifact_id
-        self._last_publish = time.monotonic()
 
     def advance(self, processed: int = 0, skipped: int = 0, failed: int = 0) -> None:
         """Count finished items and publish if the throttle allows."""
@@ -105,11 +112,15 @@ class ProgressReporter:
         counts = self.counts(done)
         if self._artifact_id is None:
             self.start()
-        assert self._artifact_id is not None
-        update_progress_artifact(
-            self._artifact_id, progress=counts.percentage, description=counts.describe()
-        )
+            if self._artifact_id is None:
+                return
         self._last_publish = time.monotonic()
+        try:
+            update_progress_artifact(
+                self._artifact_id, progress=counts.percentage, description=counts.describe()
+            )
+        except Exception as err:  # a Prefect API outage must not cost the indexing work
+            logger.warning("progress not published (%s): %s", self.phase, err)
 
     def finish(self) -> None:
         """Move the artifact to 100."""

@@ -6,6 +6,7 @@ import atexit
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,29 +37,45 @@ def collection_name(model_id: str) -> str:
     return "images-" + hashlib.sha256(model_id.encode()).hexdigest()[:12]
 
 
-def get_client(settings: Settings | None = None) -> QdrantClient:
-    """The process's one Qdrant client for these settings."""
+def get_client(settings: Settings | None = None, wait_s: float = 0.0) -> QdrantClient:
+    """The process's one Qdrant client for these settings.
+
+    Local mode locks its folder for one process. With `wait_s`, a busy store is retried
+    until then (the API holds it only briefly between searches); then VectorStoreBusy.
+    """
     settings = settings or get_settings()
     where = settings.qdrant_url or str(settings.qdrant_dir.resolve())
-    with _clients_lock:
-        client = _clients.get(where)
-        if client is None:
-            if settings.qdrant_url:
-                client = QdrantClient(url=settings.qdrant_url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        with _clients_lock:
+            client = _clients.get(where)
+            if client is not None:
+                return client
+            try:
+                client = _open(settings, where)
+            except VectorStoreBusy:
+                if time.monotonic() >= deadline:
+                    raise
             else:
-                settings.qdrant_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    client = QdrantClient(path=where)
-                except RuntimeError as err:
-                    raise VectorStoreBusy(
-                        f"the local vector store at {where} is in use by another process "
-                        "(an index run or `photoindex serve`); wait for it to finish, or run "
-                        "a Qdrant server and set PHOTOINDEX_QDRANT_URL"
-                    ) from err
-            if not _clients:
-                atexit.register(close_clients)  # close before interpreter teardown, quietly
-            _clients[where] = client
-        return client
+                if not _clients:
+                    atexit.register(close_clients)  # close before interpreter teardown, quietly
+                _clients[where] = client
+                return client
+        time.sleep(0.25)
+
+
+def _open(settings: Settings, where: str) -> QdrantClient:
+    if settings.qdrant_url:
+        return QdrantClient(url=settings.qdrant_url)
+    settings.qdrant_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return QdrantClient(path=where)
+    except RuntimeError as err:
+        raise VectorStoreBusy(
+            f"the local vector store at {where} is in use by another process "
+            "(an index run or `photoindex serve`); wait for it to finish, or run "
+            "a Qdrant server and set PHOTOINDEX_QDRANT_URL"
+        ) from err
 
 
 def close_clients() -> None:
@@ -72,9 +89,11 @@ def close_clients() -> None:
 class VectorStore:
     """Image vectors of one CLIP model."""
 
-    def __init__(self, model_id: str, settings: Settings | None = None) -> None:
+    def __init__(
+        self, model_id: str, settings: Settings | None = None, wait_s: float = 0.0
+    ) -> None:
         self.model_id = model_id
-        self.client = get_client(settings)
+        self.client = get_client(settings, wait_s)
         self.collection = collection_name(model_id)
 
     def ensure(self, dim: int) -> None:
@@ -96,6 +115,42 @@ class VectorStore:
                 for v, p in zip(vectors, payloads, strict=True)
             ],
         )
+
+    def delete(self, shas: Sequence[str]) -> None:
+        """Remove the points of these images."""
+        if shas and self.client.collection_exists(self.collection):
+            self.client.delete(
+                self.collection,
+                points_selector=models.PointIdsList(points=[point_id(h) for h in shas]),
+            )
+
+    def set_paths(self, paths: dict[str, str]) -> None:
+        """Point images (by content) at new paths, without touching their vectors."""
+        if not paths or not self.client.collection_exists(self.collection):
+            return
+        self.client.batch_update_points(
+            self.collection,
+            update_operations=[
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(payload={"path": p}, points=[point_id(h)])
+                )
+                for h, p in paths.items()
+            ],
+        )
+
+    def ids(self) -> set[str]:
+        """Every point id in the collection."""
+        if not self.client.collection_exists(self.collection):
+            return set()
+        found: set[str] = set()
+        offset: Any = None
+        while True:
+            points, offset = self.client.scroll(
+                self.collection, limit=1000, offset=offset, with_payload=False, with_vectors=False
+            )
+            found.update(str(p.id) for p in points)
+            if offset is None:
+                return found
 
     def count(self) -> int:
         if not self.client.collection_exists(self.collection):
