@@ -59,8 +59,14 @@ class Decoded:
     height: int
 
 
-def decode_image(path: str, max_side: int | None = None) -> Decoded:
-    """Decode a photo upright to RGB, at most `max_side` pixels on its long side."""
+def decode_image(path: str, max_side: int | None = None, slack: float = 1.0) -> Decoded:
+    """Decode a photo upright to RGB, at most `max_side` pixels on its long side.
+
+    With `slack` above 1, an image up to `slack * max_side` is returned as decoded:
+    resampling a JPEG from its nearest DCT scale to the exact size costs more than
+    decoding it (measured: 50-100 ms vs 35 ms for 2000 -> 1600 px), and the models
+    resize to their own input size anyway.
+    """
     limit = get_settings().max_image_pixels
     Image.MAX_IMAGE_PIXELS = limit
     try:
@@ -79,14 +85,14 @@ def decode_image(path: str, max_side: int | None = None) -> Decoded:
         raise SkipImage(f"corrupt or truncated image: {exc}") from exc
     with img:
         try:
-            return _decode_opened(img, limit, max_side)
+            return _decode_opened(img, limit, max_side, slack)
         except Image.DecompressionBombError as exc:
             raise SkipImage(_too_large(img.size, limit)) from exc
         except _DECODE_ERRORS as exc:
             raise SkipImage(f"corrupt or truncated image: {exc}") from exc
 
 
-def _decode_opened(img: Image.Image, limit: int, max_side: int | None) -> Decoded:
+def _decode_opened(img: Image.Image, limit: int, max_side: int | None, slack: float) -> Decoded:
     width, height = img.size
     if width * height > limit:  # Pillow only warns between 1x and 2x the limit
         raise SkipImage(_too_large((width, height), limit))
@@ -103,8 +109,8 @@ def _decode_opened(img: Image.Image, limit: int, max_side: int | None) -> Decode
     if upright.size != stored_size:  # orientations 5-8 swap the sides
         width, height = height, width
     rgb = _to_rgb(upright)
-    if max_side is not None:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if max_side is not None and max(rgb.size) > max_side * slack:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return Decoded(image=rgb, width=width, height=height)
 
 

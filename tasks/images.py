@@ -26,6 +26,7 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
     """
 
     max_side: int | None = None
+    side_slack = 1.5  # take JPEG's nearest decode scale rather than resample (see decode_image)
 
     def __init__(self, folder: Path, settings: Settings | None = None) -> None:
         super().__init__(settings)
@@ -80,7 +81,7 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         out: list[tuple[ImageRef, Decoded | SkipImage]] = []
         for ref in batch:
             try:
-                out.append((ref, decode_image(ref.path, self.max_side)))
+                out.append((ref, decode_image(ref.path, self.max_side, self.side_slack)))
             except SkipImage as skip:
                 out.append((ref, skip))
         return out
