@@ -145,6 +145,11 @@ def index(
     if not folder.is_dir():
         raise fail(f"folder not found: {folder}")
     settings = get_settings()
+    from tasks.lock import busy_message, library_holder
+
+    holder = library_holder(settings)
+    if holder is not None:
+        raise fail(busy_message(holder, settings), 1)
     api_url = _prefect(settings)
     from flows.index_photos import create_session, start_session_process
 
