@@ -66,9 +66,6 @@ class Settings(BaseSettings):
         default=None,
         description="Where batch results persist for resumes; shared storage on a cluster",
     )
-    preview_side: int = Field(
-        default=1600, description="Long side of the cached preview every phase decodes"
-    )
 
     @property
     def qdrant_dir(self) -> Path:
@@ -85,10 +82,6 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
-
-    @property
-    def previews_dir(self) -> Path:
-        return self.data_dir / "previews"
 
     @property
     def results_path(self) -> Path:
