@@ -32,7 +32,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterEndTime,
     FlowRunFilterExpectedStartTime,
-    FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -57,7 +56,6 @@ from api.progress import (
 )
 from api.schemas import (
     FaceSessionResponse,
-    OverallStatus,
     SessionAction,
     SessionSummary,
     TrainingProgressResponse,
@@ -88,6 +86,8 @@ DEFAULT_CACHE_TTL_S = 0.75
 STALE_FACTOR = 4.0
 """Cached data up to this many TTLs old is served while a background fetch refreshes it."""
 DEFAULT_TIMEOUT_S = 10.0
+PREFECT_PAGE = 200
+"""The most rows the Prefect API returns per request by default."""
 
 T = TypeVar("T")
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -103,6 +103,9 @@ class SessionNotFound(Exception):
 
 class SessionConflict(Exception):
     """The request does not fit the session's state (e.g. cancelling a finished session)."""
+
+
+_Phases = tuple[dict[str, FlowRun], dict[str, Artifact]]
 
 
 @dataclass(frozen=True)
@@ -156,24 +159,16 @@ def run_state(run: FlowRun) -> RunState:
     )
 
 
-def _parent_status(run: FlowRun) -> OverallStatus:
-    """A session's status from its parent run alone, for listings."""
-    mapping: dict[StateType, OverallStatus] = {
-        StateType.SCHEDULED: "pending",
-        StateType.PENDING: "pending",
-        StateType.RUNNING: "running",
-        StateType.PAUSED: "paused",
-        StateType.COMPLETED: "completed",
-        StateType.FAILED: "failed",
-        StateType.CRASHED: "failed",
-        StateType.CANCELLED: "cancelled",
-        StateType.CANCELLING: "cancelling",
-    }
-    if run.state_type is None:
-        return "pending"
-    if CANCEL_TAG in run.tags and run.state_type.value not in FINAL_STATES:
-        return "cancelling"
-    return mapping[run.state_type]
+def _ended(run: FlowRun) -> bool:
+    return run.state_type is not None and run.state_type.value in FINAL_STATES
+
+
+def _previous(
+    history: Sequence[FlowRun], exclude: UUID, before: datetime, n: int
+) -> list[FlowRun]:
+    """The first `n` of `history` (latest end first) that ended by `before`, except `exclude`."""
+    ended = [run for run in history if run.id != exclude and run.end_time is not None]
+    return [run for run in ended if (_utc(run.end_time) or _EPOCH) <= before][:n]
 
 
 class PrefectReader:
@@ -198,6 +193,8 @@ class PrefectReader:
         self._entries: dict[UUID, _Entry] = {}
         self._weights: _Bounded[Weights] = _Bounded(1024)
         self._floors: _Bounded[float] = _Bounded(1024)
+        self._ended: _Bounded[_Phases] = _Bounded(1024)
+        """Phases of sessions whose runs have all ended: they never change again."""
         self._flow_names: dict[UUID, str] = {}
         self.prefect_queries = 0
         """How many Prefect requests this reader sent (for the benchmark)."""
@@ -316,8 +313,11 @@ class PrefectReader:
             )
         )
 
-    async def _phases_of(self, session_id: UUID) -> tuple[dict[str, FlowRun], dict[str, Artifact]]:
+    async def _phases_of(self, session_id: UUID) -> _Phases:
         """The latest run of each phase under a session, and each one's latest artifact."""
+        cached = self._ended.get(session_id)
+        if cached is not None:
+            return cached
         children, artifacts = await asyncio.gather(
             self._read_children(session_id), self._read_artifacts(session_id)
         )
@@ -328,10 +328,19 @@ class PrefectReader:
                 phase_runs[phase] = run
         return phase_runs, _latest_artifacts(phase_runs, artifacts)
 
+    async def _phases_of_run(self, parent: FlowRun) -> _Phases:
+        """`_phases_of`, remembered once the session and all its phase runs have ended."""
+        phases = await self._phases_of(parent.id)
+        if _ended(parent) and all(_ended(run) for run in phases[0].values()):
+            self._ended.put(parent.id, phases)
+        return phases
+
     async def _fetch(self, session_id: UUID) -> _Raw:
         parent, (phase_runs, artifacts) = await asyncio.gather(
             self._read_parent(session_id), self._phases_of(session_id)
         )
+        if _ended(parent) and all(_ended(run) for run in phase_runs.values()):
+            self._ended.put(session_id, (phase_runs, artifacts))
         return _Raw(parent, phase_runs, artifacts)
 
     async def _raw(self, session_id: UUID) -> _Raw:
@@ -390,38 +399,75 @@ class PrefectReader:
 
     async def _session_weights(self, parent: FlowRun) -> Weights:
         """The session's weights: fixed once it has started, from sessions done before that."""
-        cached = self._weights.get(parent.id)
-        if cached is not None:
-            return cached
-        faces = bool(parent.parameters.get("faces", True))
-        started = _utc(parent.start_time)
-        calibration = await self._calibration(started or datetime.now(UTC), exclude=parent.id)
-        weights = session_weights(calibration, faces)
-        if started is not None:
-            self._weights.put(parent.id, weights)
-        return weights
+        return (await self._weights_of([parent]))[parent.id]
 
-    async def _calibration(self, before: datetime, exclude: UUID) -> Calibration:
-        """Seconds per session image of each phase, over recent sessions that ended before."""
+    async def _weights_of(self, parents: Sequence[FlowRun]) -> dict[UUID, Weights]:
+        """Weights of several sessions, with one query for all their calibrations."""
+        out: dict[UUID, Weights] = {}
+        todo: list[tuple[FlowRun, datetime]] = []
+        now = datetime.now(UTC)
+        for parent in parents:
+            cached = self._weights.get(parent.id)
+            if cached is not None:
+                out[parent.id] = cached
+            else:
+                todo.append((parent, _utc(parent.start_time) or now))
+        if not todo:
+            return out
+        history = await self._completed_before(todo)
+        calibrations = await asyncio.gather(
+            *(self._calibrate(_previous(history, p.id, before, self.calibration_sessions))
+              for p, before in todo)
+        )
+        for (parent, _), calibration in zip(todo, calibrations, strict=True):
+            weights = session_weights(calibration, bool(parent.parameters.get("faces", True)))
+            if parent.start_time is not None:
+                self._weights.put(parent.id, weights)
+            out[parent.id] = weights
+        return out
+
+    async def _completed_before(
+        self, sessions: Sequence[tuple[FlowRun, datetime]]
+    ) -> list[FlowRun]:
+        """Completed sessions, latest end first, enough to calibrate each of `sessions`."""
         if self.calibration_sessions <= 0:
-            return Calibration()
+            return []
+        latest = max(before for _, before in sessions)
+        names = FlowFilter(name=FlowFilterName(any_=[SESSION_FLOW]))
         flt = FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
-            end_time=FlowRunFilterEndTime.model_validate({"before_": before}),
-            id=FlowRunFilterId(not_any_=[exclude]),
+            end_time=FlowRunFilterEndTime.model_validate({"before_": latest}),
         )
-        names = FlowFilter(name=FlowFilterName(any_=[SESSION_FLOW]))
-        previous = await self._call(
-            lambda c: c.read_flow_runs(
-                flow_filter=names,
-                flow_run_filter=flt,
-                sort=FlowRunSort.END_TIME_DESC,
-                limit=self.calibration_sessions,
+        page = min(self.calibration_sessions + len(sessions), PREFECT_PAGE)
+
+        async def read(offset: int) -> list[FlowRun]:
+            return await self._call(
+                lambda c: c.read_flow_runs(
+                    flow_filter=names,
+                    flow_run_filter=flt,
+                    sort=FlowRunSort.END_TIME_DESC,
+                    limit=page,
+                    offset=offset,
+                )
             )
-        )
+
+        history: list[FlowRun] = []
+        while True:
+            runs = await read(len(history))
+            history.extend(runs)
+            enough = all(
+                len(_previous(history, p.id, before, self.calibration_sessions))
+                >= self.calibration_sessions
+                for p, before in sessions
+            )
+            if len(runs) < page or enough:
+                return history
+
+    async def _calibrate(self, previous: Sequence[FlowRun]) -> Calibration:
+        """Seconds per session image of each phase, over the given completed sessions."""
         if not previous:
             return Calibration()
-        per_parent = await asyncio.gather(*(self._phases_of(run.id) for run in previous))
+        per_parent = await asyncio.gather(*(self._phases_of_run(run) for run in previous))
         seconds: dict[str, float] = {}
         images: dict[str, int] = {}
         used = 0
@@ -447,6 +493,9 @@ class PrefectReader:
         """The session as the calculation sees it, with its fixed weights."""
         raw = await self._raw(session_id)
         weights = await self._session_weights(raw.parent)
+        return self._snapshot_of(raw), weights, raw
+
+    def _snapshot_of(self, raw: _Raw) -> SessionSnapshot:
         phases = {
             key: PhaseSnapshot(
                 run=run_state(raw.children[key]) if key in raw.children else None,
@@ -455,25 +504,32 @@ class PrefectReader:
             )
             for key in PHASES
         }
-        snap = SessionSnapshot(
+        session_id = raw.parent.id
+        return SessionSnapshot(
             session_id=session_id,
             parent=run_state(raw.parent),
             faces=bool(raw.parent.parameters.get("faces", True)),
             phases=phases,
             now=datetime.now(UTC),
             stall_after_s=self.settings.stall_after_s,
+            fail_after_s=self.settings.fail_after_s,
+            folder=_opt_str(raw.parent.parameters.get("folder")),
             pause_requested=PAUSE_TAG in raw.parent.tags,
             cancel_requested=CANCEL_TAG in raw.parent.tags,
             floor_percentage=self._floors.get(session_id, 0.0),
         )
-        return snap, weights, raw
+
+    def _progress(self, raw: _Raw, weights: Weights) -> UnifiedProgressResponse:
+        """The unified progress of fetched data; it also raises the session's floor."""
+        response = compute_progress(self._snapshot_of(raw), weights)
+        floor = self._floors.get(raw.parent.id, 0.0)
+        self._floors.put(raw.parent.id, max(floor, response.overall_progress.percentage))
+        return response
 
     async def unified(self, session_id: UUID) -> UnifiedProgressResponse:
         """The unified progress of a session."""
-        snap, weights, _ = await self.snapshot(session_id)
-        response = compute_progress(snap, weights)
-        self._floors.put(session_id, response.overall_progress.percentage)
-        return response
+        raw = await self._raw(session_id)
+        return self._progress(raw, await self._session_weights(raw.parent))
 
     async def training(self, session_id: UUID) -> TrainingProgressResponse:
         """The phase-1-only progress of a session."""
@@ -499,20 +555,28 @@ class PrefectReader:
                 limit=limit,
             )
         )
-        return [
-            SessionSummary(
-                session_id=run.id,
-                name=run.name,
-                folder=str(run.parameters["folder"]) if "folder" in run.parameters else None,
-                skip_face_detection=not bool(run.parameters.get("faces", True)),
-                status=_parent_status(run),
-                created_at=_utc(run.created),
-                started_at=_utc(run.start_time),
-                completed_at=_utc(run.end_time),
+        parents = [run for run in runs if run.parent_task_run_id is None]
+        phases, weights = await asyncio.gather(
+            asyncio.gather(*(self._phases_of_run(run) for run in parents)),
+            self._weights_of(parents),
+        )
+        out: list[SessionSummary] = []
+        for run, (children, artifacts) in zip(parents, phases, strict=True):
+            progress = self._progress(_Raw(run, children, artifacts), weights[run.id])
+            out.append(
+                SessionSummary(
+                    session_id=run.id,
+                    name=run.name,
+                    folder=_opt_str(run.parameters.get("folder")),
+                    skip_face_detection=not bool(run.parameters.get("faces", True)),
+                    status=progress.overall_status,
+                    percentage=progress.overall_progress.percentage,
+                    created_at=_utc(run.created),
+                    started_at=_utc(run.start_time),
+                    completed_at=_utc(run.end_time),
+                )
             )
-            for run in runs
-            if run.parent_task_run_id is None
-        ]
+        return out
 
     # --- controls --------------------------------------------------------------------
 
@@ -573,7 +637,7 @@ class PrefectReader:
         raw, progress = await self._live(session_id, "cancel")
         await self._set_tags(raw.parent, add={CANCEL_TAG}, remove={PAUSE_TAG})
         # Nobody is left to finish the cancellation of a silent or not yet started session.
-        force = progress.overall_status in {"stalled", "pending"}
+        force = progress.overall_status in {"stalled", "pending", "failed"}
         runs = [raw.parent, *(r for r in raw.children.values() if r.state_type is not None)]
         for run in runs:
             if run.state_type is None or run.state_type.value in FINAL_STATES:
@@ -589,6 +653,10 @@ class PrefectReader:
             "Session cancelled." if force else "Cancel requested: the session stops at its "
             "next checkpoint.",
         )
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _counts(artifact: Artifact | None) -> Counts | None:

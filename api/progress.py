@@ -122,6 +122,9 @@ class SessionSnapshot:
     phases: Mapping[str, PhaseSnapshot]
     now: datetime
     stall_after_s: float = 120.0
+    fail_after_s: float = 900.0
+    """A running session silent this long has lost its process: it is reported failed."""
+    folder: str | None = None
     pause_requested: bool = False
     cancel_requested: bool = False
     floor_percentage: float = 0.0
@@ -156,21 +159,25 @@ def session_weights(calibration: Calibration, faces: bool) -> Weights:
     return Weights(shares, source, measured)
 
 
-def _phase_status(key: str, snap: SessionSnapshot) -> tuple[PhaseStatus, float | None]:
-    """A phase's status, and how long it has been silent if it is running."""
+def _phase_status(
+    key: str, snap: SessionSnapshot, parent_dead: bool
+) -> tuple[PhaseStatus, float | None]:
+    """A phase's status, and how long it has been silent if Prefect says it is running."""
     if key != "training" and not snap.faces:
         return "skipped", None
     run = snap.phase(key).run
     if run is None:
         if snap.parent.state_type in {CANCELLED, CANCELLING}:
             return "cancelled", None
-        if snap.parent.state_type in FINAL_STATES:
+        if snap.parent.state_type in FINAL_STATES or parent_dead:
             return "skipped", None
         return "pending", None
     state = run.state_type
     if state == RUNNING:
         artifact_time = snap.phase(key).artifact_updated
         silence = _silence(snap.now, run.start_time, run.state_time, artifact_time)
+        if silence is not None and silence > snap.fail_after_s:
+            return "failed", silence
         if silence is not None and silence > snap.stall_after_s:
             return "stalled", silence
         return ("processing" if key == "faceDetection" else "running"), silence
@@ -233,6 +240,8 @@ def _overall_status(
         return "completed"
     if "failed" in values or parent in {FAILED, CRASHED}:
         return "failed"
+    if parent_silence is not None and parent_silence > snap.fail_after_s:
+        return "failed"
     if parent == CANCELLED:
         return "cancelled"
     if "cancelling" in values or parent == CANCELLING:
@@ -261,11 +270,12 @@ def _current_phase(statuses: Mapping[str, PhaseStatus], overall: OverallStatus) 
     return "completed"
 
 
-def _parent_silence(snap: SessionSnapshot, statuses: Mapping[str, PhaseStatus]) -> float | None:
-    """Silence of a running session between phases, when no phase run is alive."""
+def _parent_silence(snap: SessionSnapshot) -> float | None:
+    """Silence of a running session between phases, when no phase run is running or paused."""
     if snap.parent.state_type != RUNNING:
         return None
-    if any(s in {"running", "processing", "paused", "stalled"} for s in statuses.values()):
+    runs = [snap.phase(key).run for key in PHASES if key == "training" or snap.faces]
+    if any(run is not None and run.state_type in {RUNNING, PAUSED} for run in runs):
         return None
     signs: list[datetime | None] = [snap.parent.start_time, snap.parent.state_time]
     for key in PHASES:
@@ -363,35 +373,46 @@ def _secs(seconds: float) -> str:
 def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgressResponse:
     """The unified progress of a session: statuses, weighted percentage, ETA and warnings."""
     warnings: list[str] = []
+    parent_silence = _parent_silence(snap)
+    parent_dead = parent_silence is not None and parent_silence > snap.fail_after_s
     statuses: dict[str, PhaseStatus] = {}
+    messages: dict[str, str] = {}
+    lost: set[str] = set()
     for key in PHASES:
-        status, silence = _phase_status(key, snap)
+        status, silence = _phase_status(key, snap, parent_dead)
         statuses[key] = status
+        run = snap.phase(key).run
         if status == "stalled" and silence is not None:
             warnings.append(
                 f"{PHASE_LABELS[key]} has reported nothing for {silence:.0f} s (more than "
                 f"{snap.stall_after_s:.0f} s): its process may have been killed, although "
                 "Prefect still shows the run as Running."
             )
-    parent_silence = _parent_silence(snap, statuses)
+        elif status == "failed" and silence is not None:
+            messages[key] = _lost_message(snap, f"{PHASE_LABELS[key]} has", silence)
+            lost.add(key)
+            warnings.append(messages[key])
+        elif status == "failed" and run is not None and run.message:
+            messages[key] = run.message
+            warnings.append(f"{PHASE_LABELS[key]} failed: {run.message}")
+    if lost:
+        # The session's process is gone: phases that never started will not, as when it fails.
+        statuses.update({k: "skipped" for k in PHASES if snap.phase(k).run is None})
     overall_status = _overall_status(snap, statuses, parent_silence)
-    if (
-        overall_status == "stalled"
-        and parent_silence is not None
-        and parent_silence > snap.stall_after_s
-    ):
+    if parent_dead and parent_silence is not None:
+        warnings.append(_lost_message(snap, "The session has", parent_silence, between=True))
+    elif overall_status == "stalled" and parent_silence is not None:
         warnings.append(
             f"The session has reported nothing for {parent_silence:.0f} s (more than "
             f"{snap.stall_after_s:.0f} s) between phases: its process may have been killed."
         )
     if snap.pause_requested and overall_status == "running":
         warnings.append("Pause requested: the session pauses at its next checkpoint.")
-    for key in PHASES:
-        run = snap.phase(key).run
-        if statuses[key] == "failed" and run is not None and run.message:
-            warnings.append(f"{PHASE_LABELS[key]} failed: {run.message}")
-    if overall_status == "failed" and snap.parent.message and not any(
-        statuses[k] == "failed" for k in PHASES
+    if (
+        overall_status == "failed"
+        and snap.parent.state_type in {FAILED, CRASHED}
+        and snap.parent.message
+        and not messages
     ):
         warnings.append(f"The session failed: {snap.parent.message}")
 
@@ -413,7 +434,7 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
             progress=stats[key],
             started_at=_run(snap, key).start_time,
             completed_at=_run(snap, key).end_time if statuses[key] in _ENDED else None,
-            message=_run(snap, key).message if statuses[key] == "failed" else None,
+            message=messages.get(key) if statuses[key] == "failed" else None,
         )
         for key in PHASES
     }
@@ -453,6 +474,18 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
         weights.source,
     )
     return response
+
+
+def _lost_message(snap: SessionSnapshot, who: str, silence: float, between: bool = False) -> str:
+    """Why a session still Running in Prefect is reported failed, and how to finish it."""
+    where = " between phases" if between else ""
+    folder = f" ({snap.folder}, e.g. `photoindex index {snap.folder}`)" if snap.folder else ""
+    return (
+        f"{who} reported nothing for {silence:.0f} s{where} (more than "
+        f"{snap.fail_after_s:.0f} s), although Prefect still shows it Running: its process "
+        "probably died (killed, out of memory, or the machine restarted). Re-run the same "
+        f"folder{folder} to finish: photos already indexed are kept and not redone."
+    )
 
 
 def _run(snap: SessionSnapshot, key: str) -> RunState:

@@ -133,7 +133,8 @@ class SessionSummary(ApiModel):
     name: str
     folder: str | None
     skip_face_detection: bool
-    status: OverallStatus
+    status: OverallStatus = Field(description="As progress-unified's overallStatus")
+    percentage: float = Field(ge=0, le=100, description="As progress-unified's percentage")
     created_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None

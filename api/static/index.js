@@ -7,22 +7,9 @@ function message(text, cls) {
   body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: cls }, text)));
 }
 
-async function fillPercentage(cell, session) {
-  // The list carries no percentage, so each row asks the unified progress of its session.
-  const url = `${API}/training/sessions/${encodeURIComponent(session.sessionId)}/progress-unified`;
-  try {
-    const progress = await getJson(url);
-    const complete = progress.overallStatus === "completed";
-    cell.textContent = formatPercent(progress.overallProgress.percentage, complete);
-  } catch (err) {
-    cell.textContent = "—";
-    cell.title = err.message;
-  }
-}
-
 function row(session) {
-  const percentage = el("td", { class: "num percentage" }, "…");
-  fillPercentage(percentage, session);
+  const complete = session.status === "completed";
+  const percentage = el("td", { class: "num percentage" }, formatPercent(session.percentage, complete));
   const href = `/sessions/${encodeURIComponent(session.sessionId)}`;
   return el(
     "tr",

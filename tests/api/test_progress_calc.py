@@ -282,3 +282,88 @@ def test_json_uses_the_seed_field_names() -> None:
     assert {"current", "total", "percentage", "etaSeconds", "imagesPerMinute"} <= set(
         training["progress"]
     )
+
+
+def with_(snap: SessionSnapshot, **changes: object) -> SessionSnapshot:
+    return SessionSnapshot(**{**snap.__dict__, **changes})
+
+
+def test_killed_run_turns_failed_after_the_fail_limit() -> None:
+    """SIGKILL leaves a run Running forever: silent past fail_after_s, the session is failed."""
+    snap = with_(
+        snapshot(training=phase(done(), 100, finished=True),
+                 faceDetection=phase(running(2000), 40, updated_s=1000)),
+        folder="/photos/holiday",
+    )
+    result = calc(snap)
+    assert result.overall_status == "failed"
+    faces = result.phases.faceDetection
+    assert faces.status == "failed"
+    assert faces.message is not None
+    assert "1000 s" in faces.message and "900 s" in faces.message
+    assert "probably died" in faces.message
+    assert "Re-run the same folder (/photos/holiday" in faces.message
+    assert "photoindex index /photos/holiday" in faces.message
+    assert "kept" in faces.message
+    assert faces.message in result.warnings
+    assert result.phases.training.status == "completed"
+    assert result.phases.clustering.status == "skipped"  # never started, as in a failed session
+    assert result.overall_progress.current_phase == "face_detection"
+    assert result.overall_progress.eta_seconds is None
+    assert result.overall_progress.percentage == pytest.approx(30 + 0.65 * 40)
+    assert face_session(result).status == "failed"
+
+
+def test_silence_is_running_then_stalled_then_failed() -> None:
+    def status(silent_s: float) -> str:
+        return calc(snapshot(training=phase(running(5000), 40, updated_s=silent_s))).overall_status
+
+    assert [status(s) for s in (10, 121, 899, 901, 100_000)] == [
+        "running", "stalled", "stalled", "failed", "failed",
+    ]
+
+
+def test_fail_limit_follows_the_settings() -> None:
+    snap = snapshot(training=phase(running(5000), 40, updated_s=30))
+    assert calc(with_(snap, stall_after_s=10, fail_after_s=20)).overall_status == "failed"
+    assert calc(with_(snap, stall_after_s=10, fail_after_s=60)).overall_status == "stalled"
+    no_folder = calc(with_(snap, stall_after_s=10, fail_after_s=20)).phases.training.message
+    assert no_folder is not None and "Re-run the same folder to finish" in no_folder
+
+
+def test_killed_between_phases_turns_failed() -> None:
+    """Silent with no phase run alive (killed between phases): failed, with the reason."""
+    snap = with_(
+        snapshot(training=phase(done(2000, 1900), 100, finished=True, updated_s=1900)),
+        parent=RunState("RUNNING", start_time=ago(2100), state_time=ago(2100)),
+    )
+    result = calc(snap)
+    assert result.overall_status == "failed"
+    assert result.phases.training.status == "completed"
+    assert result.phases.faceDetection.status == "skipped"
+    assert any("between phases" in w and "probably died" in w for w in result.warnings)
+    assert not any("may have been killed" in w for w in result.warnings)
+
+
+def test_paused_sessions_never_stall_or_fail() -> None:
+    """A pause may last days: a paused run is paused however long it has been silent."""
+    paused = RunState("PAUSED", start_time=ago(90_000), state_time=ago(86_000))
+    result = calc(snapshot(training=phase(paused, 20, updated_s=86_000)))
+    assert result.overall_status == "paused"
+    assert result.phases.training.status == "paused"
+    assert result.warnings == []
+    parent_paused = with_(
+        snapshot(training=phase(done(90_000, 89_000), 100, finished=True, updated_s=89_000)),
+        parent=RunState("PAUSED", start_time=ago(90_000), state_time=ago(88_000)),
+    )
+    assert calc(parent_paused).overall_status == "paused"
+
+
+def test_a_run_that_reports_again_is_running_again() -> None:
+    """The status is judged afresh each time: a frozen process that recovers reads running."""
+    assert calc(snapshot(training=phase(running(5000), 40, updated_s=2000))).overall_status == (
+        "failed"
+    )
+    assert calc(snapshot(training=phase(running(5000), 41, updated_s=1))).overall_status == (
+        "running"
+    )

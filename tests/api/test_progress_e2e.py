@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.prefect_reader import PrefectReader, get_unified_progress
 from photoindex.settings import Settings
 from tests.api.conftest import Progress, progress_of, wait_for
@@ -280,3 +281,51 @@ def test_session_list_newest_first_without_future_runs(api: TestClient) -> None:
 
 def test_healthz(api: TestClient) -> None:
     assert api.get("/api/v1/healthz").json()["prefect"] == "ok"
+
+
+def test_silent_session_turns_failed_and_is_listed_so(prefect_api_url: str) -> None:
+    """A session that stops reporting reads stalled, then failed with how to re-run, also in
+    the list; a paused one stays paused however long it waits (limits here 1.5 s and 3 s)."""
+    settings = Settings(prefect_api_url=prefect_api_url, stall_after_s=1.5, fail_after_s=3.0)
+    reader = PrefectReader(settings, cache_ttl_s=0, calibration_sessions=0)
+    with TestClient(create_app(settings, reader), raise_server_exceptions=False) as client:
+        paused = Driver(images=100, face_items=10)
+        pid = paused.start()
+        paused.advance("embed", 20)
+        assert client.post(f"/api/v1/training/sessions/{pid}/pause").status_code == 200
+        wait_for(client, pid, lambda p: p["overallStatus"] == "paused")
+        silent = Driver(images=100, face_items=10)
+        sid = silent.start()
+        silent.advance("embed", 40)
+        assert progress_of(client, sid)["overallStatus"] == "running"
+
+        p = wait_for(client, sid, lambda p: p["overallStatus"] != "running", timeout=10)
+        assert p["overallStatus"] == "stalled"
+        p = wait_for(client, sid, lambda p: p["overallStatus"] == "failed", timeout=10)
+        training = p["phases"]["training"]
+        assert training["status"] == "failed"
+        assert "probably died" in training["message"]
+        assert f"Re-run the same folder ({silent.folder}" in training["message"]
+        assert training["message"] in p["warnings"]
+        assert p["phases"]["faceDetection"]["status"] == "skipped"
+        assert p["overallProgress"]["percentage"] == 12.0
+
+        listed = client.get("/api/v1/training/sessions", params={"limit": 50}).json()
+        rows = {s["sessionId"]: s for s in listed["sessions"]}
+        assert rows[str(sid)]["status"] == "failed"
+        assert rows[str(sid)]["percentage"] == 12.0
+        assert rows[str(pid)]["status"] == "paused"
+        assert rows[str(pid)]["percentage"] == 6.0
+        assert progress_of(client, pid)["overallStatus"] == "paused"  # silent > 3 s by now
+
+        # Killed sessions can still be cancelled: nothing is left to stop, so at once.
+        cancelled = client.post(f"/api/v1/training/sessions/{sid}/cancel").json()
+        assert cancelled["overallStatus"] == "cancelled", cancelled
+        assert client.post(f"/api/v1/training/sessions/{pid}/resume").status_code == 200
+        paused.run_to_end()
+        assert paused.outcome == "COMPLETED"
+        listed = client.get("/api/v1/training/sessions", params={"limit": 50}).json()
+        rows = {s["sessionId"]: s for s in listed["sessions"]}
+        assert rows[str(pid)]["status"] == "completed"
+        assert rows[str(pid)]["percentage"] == 100.0
+    assert silent.ended.wait(30)
