@@ -32,6 +32,10 @@ class FolderNotFound(Exception):
     """The folder does not exist or is not a directory."""
 
 
+class LibraryBusy(Exception):
+    """Another session is indexing into the data folder now."""
+
+
 def library_folder(folder: str, settings: Settings) -> Path:
     """The resolved folder, if it lies under a configured library root and exists."""
     roots = [root.expanduser().resolve() for root in settings.library_roots]
@@ -40,15 +44,25 @@ def library_folder(folder: str, settings: Settings) -> Path:
             "No library roots are configured: set PHOTOINDEX_LIBRARY_ROOTS to the folders "
             "the API may index."
         )
-    path = Path(folder).expanduser()
+    try:
+        path = Path(folder).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        path = Path(folder)
     if not path.is_absolute():
         raise FolderForbidden(f"Folder must be an absolute path under a library root: {folder}")
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
+        raise FolderNotFound(f"Folder not found: {folder} ({err})") from err
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         raise FolderForbidden(f"Folder is outside the configured library roots: {folder}")
-    if not resolved.exists():
+    try:
+        exists, is_dir = resolved.exists(), resolved.is_dir()
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise FolderNotFound(f"Folder not found: {folder} ({err.strerror})") from err
+    if not exists:
         raise FolderNotFound(f"Folder not found: {folder}")
-    if not resolved.is_dir():
+    if not is_dir:
         raise FolderNotFound(f"Not a folder: {folder}")
     return resolved
 
@@ -63,12 +77,16 @@ async def launch_session(folder: Path, faces: bool) -> UUID:
     """Start a session through the flows' `submit_session`, off the event loop."""
     try:
         from flows.index_photos import submit_session
+        from tasks.lock import LibraryBusy as IndexRunning
     except ImportError as err:
         raise LibraryUnavailable(f"The indexing flows cannot be loaded: {err}") from err
-    if inspect.iscoroutinefunction(submit_session):
-        result: UUID = await submit_session(folder, faces)
-        return result
-    return await anyio.to_thread.run_sync(submit_session, folder, faces)
+    try:
+        if inspect.iscoroutinefunction(submit_session):
+            result: UUID = await submit_session(folder, faces)
+            return result
+        return await anyio.to_thread.run_sync(submit_session, folder, faces)
+    except IndexRunning as err:
+        raise LibraryBusy(str(err)) from err
 
 
 class TextSearch:
@@ -141,12 +159,20 @@ class PersonDirectory:
         return Catalog(self.settings).persons(limit=limit, samples=samples)
 
     async def crop(self, face_id: str) -> Path | None:
-        """The crop file of a face, only if it lies inside the data folder."""
-        path = await anyio.to_thread.run_sync(self._crop, face_id)
+        """The crop file of a face, only if it lies inside the data folder's crops."""
+        return await anyio.to_thread.run_sync(self._checked_crop, face_id)
+
+    def _checked_crop(self, face_id: str) -> Path | None:
+        path = self._crop(face_id)
         if path is None:
             return None
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.settings.data_dir.resolve()) or not resolved.is_file():
+        try:
+            # resolve() follows symlinks, so a link out of the crops folder is refused too.
+            resolved = path.resolve()
+            crops = self.settings.crops_dir.resolve()
+            if not resolved.is_relative_to(crops) or not resolved.is_file():
+                return None
+        except (OSError, ValueError, RuntimeError):  # NUL in a path, symlink loops
             return None
         return resolved
 

@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+# Limits of the request parameters; a request beyond them is a 422 that names the limit.
+MAX_QUERY_CHARS = 500
+"""Longest search text. CLIP reads only its first 77 tokens (about 300 characters) anyway."""
+MAX_K = 200
+"""Most search results per request."""
+MAX_FOLDER_CHARS = 4096
+"""Longest folder path (Linux's PATH_MAX)."""
+MAX_FACE_ID_CHARS = 64
+FACE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+"""Face ids are short ASCII tokens (20 hex digits today), never paths."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters such as NUL")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain something to search for, not only spaces")
+    return value
+
+
+SearchText = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_QUERY_CHARS),
+    AfterValidator(_no_control_characters),
+    AfterValidator(_not_blank),
+]
+"""Search text: visible characters, no control characters."""
+PathText = Annotated[str, AfterValidator(_no_control_characters)]
+"""A file-system path as text: no NUL or other control characters."""
 
 PhaseName = Literal["training", "face_detection", "clustering"]
 CurrentPhase = Literal["training", "face_detection", "clustering", "completed"]
@@ -40,6 +77,21 @@ class ErrorResponse(ApiModel):
     """An error: what went wrong, in words a person can act on."""
 
     detail: str
+
+
+class FieldError(ApiModel):
+    """One invalid part of a request."""
+
+    loc: list[str | int] = Field(description='Where, e.g. ["query", "k"]')
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. less_than_equal")
+
+
+class ValidationErrorResponse(ApiModel):
+    """A 422: the request does not fit the API's limits; `detail` says how, in words."""
+
+    detail: str
+    errors: list[FieldError]
 
 
 class ProgressStats(ApiModel):
@@ -149,7 +201,7 @@ class SessionList(ApiModel):
 class SessionCreate(ApiModel):
     """Start indexing a folder under one of the configured library roots."""
 
-    folder: str = Field(min_length=1, max_length=4096)
+    folder: PathText = Field(min_length=1, max_length=MAX_FOLDER_CHARS)
     skip_face_detection: bool = False
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse
 
 from api.deps import Persons
-from api.schemas import ErrorResponse, PersonList
+from api.schemas import FACE_ID_PATTERN, MAX_FACE_ID_CHARS, ErrorResponse, PersonList
 
 router = APIRouter(tags=["persons"], responses={503: {"model": ErrorResponse}})
 
@@ -33,9 +33,18 @@ async def list_persons(
     },
 )
 async def face_crop(
-    persons: Persons, face_id: Annotated[str, Path(alias="faceId", max_length=200)]
+    persons: Persons,
+    face_id: Annotated[
+        str,
+        Path(
+            alias="faceId",
+            max_length=MAX_FACE_ID_CHARS,
+            pattern=FACE_ID_PATTERN,
+            description="The face's id: letters, digits, '-' and '_' only",
+        ),
+    ],
 ) -> FileResponse:
-    """Serve a face crop; only files inside the data folder are served."""
+    """Serve a face crop; only files inside the data folder's crops are served."""
     path = await persons.crop(face_id)
     if path is None:
         raise HTTPException(404, "Face crop not found")

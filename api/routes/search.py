@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import Search
-from api.schemas import ErrorResponse, SearchResponse
+from api.schemas import MAX_K, MAX_QUERY_CHARS, ErrorResponse, SearchResponse, SearchText
 
 router = APIRouter(tags=["search"], responses={503: {"model": ErrorResponse}})
 
@@ -15,8 +15,14 @@ router = APIRouter(tags=["search"], responses={503: {"model": ErrorResponse}})
 @router.get("/search", summary="Find the photos that best match a text")
 async def search(
     searcher: Search,
-    q: Annotated[str, Query(min_length=1, max_length=500, description="What to look for")],
-    k: Annotated[int, Query(ge=1, le=100, description="How many results")] = 10,
+    q: Annotated[
+        SearchText,
+        Query(
+            description=f"What to look for: 1..{MAX_QUERY_CHARS} characters, not only spaces, "
+            "no control characters",
+        ),
+    ],
+    k: Annotated[int, Query(ge=1, le=MAX_K, description=f"How many results, 1..{MAX_K}")] = 10,
 ) -> SearchResponse:
     """The k photos that best match q."""
     return SearchResponse(query=q, k=k, results=await searcher.search(q, k))

@@ -36,8 +36,10 @@ async def list_sessions(
     status_code=status.HTTP_201_CREATED,
     summary="Start indexing a folder",
     responses={
+        400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8)"},
         403: {"model": ErrorResponse, "description": "Folder outside the library roots"},
         404: {"model": ErrorResponse, "description": "Folder not found"},
+        409: {"model": ErrorResponse, "description": "A session is indexing into the data folder"},
     },
 )
 async def create_session(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -137,12 +139,143 @@ def test_search_bounds(client: TestClient) -> None:
     ok = client.get("/api/v1/search", params={"q": "a cat", "k": 2})
     assert ok.status_code == 200
     assert ok.json()["k"] == 2 and len(ok.json()["results"]) == 2
+    assert client.get("/api/v1/search", params={"q": "cat", "k": 200}).status_code == 200
     bad: list[dict[str, str | int]] = [
-        {"q": "cat", "k": 0}, {"q": "cat", "k": 101}, {"q": ""},
+        {"q": "cat", "k": 0}, {"q": "cat", "k": 201}, {"q": ""},
         {"q": "x" * 501}, {"k": 5}, {"q": "cat", "k": "many"},
     ]
     for params in bad:
         assert client.get("/api/v1/search", params=params).status_code == 422, params
+
+
+def invalid(response: Any) -> str:
+    """Insist on a JSON 422 in our shape; return its sentence."""
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail", "errors"}
+    assert isinstance(body["detail"], str) and body["detail"].startswith("Invalid request: ")
+    assert all(set(e) == {"loc", "msg", "type"} for e in body["errors"])
+    detail: str = body["detail"]
+    return detail
+
+
+@pytest.mark.parametrize(
+    ("k", "says"),
+    [
+        (0, "greater than or equal to 1 (got '0')"),
+        (-3, "greater than or equal to 1 (got '-3')"),
+        (10**9, "less than or equal to 200 (got '1000000000')"),
+        (10**30, "less than or equal to 200"),
+        ("1e3", "valid integer"),
+        ("", "valid integer"),
+    ],
+)
+def test_search_k_out_of_bounds_says_which_limit(client: TestClient, k: object, says: str) -> None:
+    detail = invalid(client.get("/api/v1/search", params={"q": "cat", "k": str(k)}))
+    assert "query parameter 'k'" in detail and says in detail, detail
+
+
+def test_search_text_limits(client: TestClient) -> None:
+    huge = client.get("/api/v1/search", params={"q": "x" * 60_000})  # httpx's URL limit is 64 kB
+    detail = invalid(huge)
+    assert "at most 500 characters (got 60000 characters)" in detail
+    assert len(huge.content) < 1000, "a huge query is not echoed back"
+    assert "control characters" in invalid(client.get("/api/v1/search", params={"q": "a\x00b"}))
+    assert "control characters" in invalid(client.get("/api/v1/search", params={"q": "\x1b[2J"}))
+    assert "only spaces" in invalid(client.get("/api/v1/search", params={"q": " \t "}))
+    for text in ("🐶 on the beach 🏖️", "犬と猫", "Ünïcödé ñ", "a\u200db", "x" * 500, "\ufffd"):
+        ok = client.get("/api/v1/search", params={"q": text})
+        assert ok.status_code == 200, (text, ok.text)
+        assert ok.json()["query"] == text
+
+
+@pytest.mark.parametrize(
+    "face_id",
+    ["%2E%2E", "a%00b", "%F0%9F%90%B6", "a" * 65,
+     "a" * 5000, "crop.jpg", "x%20y"],
+)
+def test_malformed_face_ids_are_422(client: TestClient, face_id: str) -> None:
+    detail = invalid(client.get(f"/api/v1/faces/{face_id}/crop"))
+    assert "path parameter 'faceId'" in detail
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/faces/..%2F..%2Fetc%2Fpasswd/crop",
+        "/api/v1/faces/%2Fetc%2Fpasswd/crop",
+        "/api/v1/training/sessions/..%2F..%2F/progress-unified",
+        "/api/v1/face-sessions/..%2F..%2Fetc%2Fpasswd",
+        "/api/v1/training/sessions/%2F/cancel",
+    ],
+)
+def test_encoded_slashes_in_ids_match_no_route(client: TestClient, path: str) -> None:
+    response = client.request("POST" if path.endswith("cancel") else "GET", path)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["not-a-uuid", "1" * 10_000, "%00", "%2E%2E", "%F0%9F%90%B6", "123",
+     "00000000-0000-0000-0000-00000000000g"],
+)
+def test_malformed_session_ids_are_422(client: TestClient, session_id: str) -> None:
+    for method, path in (
+        ("GET", f"/api/v1/training/sessions/{session_id}/progress-unified"),
+        ("GET", f"/api/v1/training/sessions/{session_id}/progress"),
+        ("GET", f"/api/v1/face-sessions/{session_id}"),
+        ("POST", f"/api/v1/training/sessions/{session_id}/pause"),
+    ):
+        detail = invalid(client.request(method, path))
+        assert "path parameter 'sessionId'" in detail and "valid UUID" in detail
+
+
+def test_bad_folders_never_500(client: TestClient, library: Path) -> None:
+    def start(body: bytes) -> Any:
+        return client.post(
+            "/api/v1/training/sessions", content=body,
+            headers={"content-type": "application/json"},
+        )
+
+    nul = start(b'{"folder": "/photos/a\\u0000b"}')
+    assert "control characters" in invalid(nul)
+    too_long_name = start(json.dumps({"folder": str(library / ("a" * 300))}).encode())
+    assert too_long_name.status_code == 404, too_long_name.text
+    assert "Folder not found" in too_long_name.json()["detail"]
+    unknown_user = start(b'{"folder": "~no-such-user-here/photos"}')
+    assert unknown_user.status_code == 403, unknown_user.text
+    assert "not valid JSON" in invalid(start(b"{folder: 1"))
+    assert "body field 'folder'" in invalid(start(b'{"folder": 5}'))
+    assert "at most 4096 characters" in invalid(start(json.dumps({"folder": "/" * 5000}).encode()))
+    undecodable = start(b'{"folder": "\xff\xfe"}')
+    assert undecodable.status_code == 400, undecodable.text
+    assert undecodable.json()["detail"]
+    loop = library / "loop"
+    loop.symlink_to(loop)
+    looping = start(json.dumps({"folder": str(loop / "x")}).encode())
+    assert looping.status_code == 404, looping.text
+
+
+def test_library_busy_is_a_409(client: TestClient, library: Path, launcher: FakeLauncher) -> None:
+    """Another session indexing into the data folder: 409 with the flows' explanation."""
+    from api.library import LibraryBusy
+
+    async def busy(folder: Path, faces: bool) -> UUID:
+        raise LibraryBusy("session 123 is already indexing into /data; one session at a time")
+
+    app = client.app
+    assert isinstance(app, FastAPI)
+    app.dependency_overrides[get_launcher] = lambda: busy
+    try:
+        response = client.post(
+            "/api/v1/training/sessions", json={"folder": str(library / "holiday")}
+        )
+    finally:
+        app.dependency_overrides[get_launcher] = lambda: launcher
+    assert response.status_code == 409, response.text
+    assert "already indexing" in response.json()["detail"]
 
 
 def test_persons(client: TestClient) -> None:
@@ -162,18 +295,30 @@ def test_face_crop_only_inside_the_data_folder(
     Image.new("RGB", (8, 8), "red").save(crop, "JPEG")
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(b"secret")
+    (data / "crops" / "link.jpg").unlink(missing_ok=True)
+    (data / "crops" / "link.jpg").symlink_to("/etc/passwd")
+    (data / "catalog").mkdir(exist_ok=True)
+    (data / "catalog" / "not-a-crop.jpg").write_bytes(crop.read_bytes())
     FakeDirectory.crops = {
         "f1": crop,
         "outside": outside,
         "traversal": data / "crops" / ".." / ".." / outside.name,
+        "passwd": Path("/etc/passwd"),
+        "relative": Path("../../../../../../etc/passwd"),
+        "link": data / "crops" / "link.jpg",
+        "notcrop": data / "catalog" / "not-a-crop.jpg",
+        "nul": Path(str(data / "crops" / "f1.jpg") + "\x00.png"),
+        "folder": data / "crops",
     }
     ok = client.get("/api/v1/faces/f1/crop")
     assert ok.status_code == 200
     assert ok.headers["content-type"] == "image/jpeg"
     assert ok.content[:2] == b"\xff\xd8"
-    for face_id in ("outside", "traversal", "unknown", "..%2F..%2Fetc%2Fpasswd"):
+    for face_id in (*FakeDirectory.crops.keys() - {"f1"}, "unknown", "..%2F..%2Fetc%2Fpasswd"):
         response = client.get(f"/api/v1/faces/{face_id}/crop")
         assert response.status_code == 404, face_id
+        assert response.json() in ({"detail": "Face crop not found"}, {"detail": "Not Found"})
+        assert b"root:" not in response.content
     assert client.get("/api/v1/faces/../../etc/passwd/crop").status_code == 404
 
 
