@@ -1,0 +1,69 @@
+"""Where the phases' batch tasks run: threads in the flow's process, or a Dask cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from photoindex.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def task_runner(settings: Settings) -> TaskRunner[Any]:
+    """The task runner `PHOTOINDEX_TASK_RUNNER` asks for: `threads` (default) or `dask`.
+
+    With `dask`, `PHOTOINDEX_DASK_ADDRESS` attaches to a running scheduler; unset, the
+    runner starts a local cluster of `PHOTOINDEX_DASK_WORKERS` single-threaded processes.
+    """
+    if settings.task_runner == "threads":
+        # As many threads as run_phase keeps batches in flight.
+        return ThreadPoolTaskRunner(max_workers=max(2, settings.threads))
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(settings)
+    )
+
+
+@contextmanager
+def shared_cluster(settings: Settings) -> Iterator[Settings]:
+    """Settings whose Dask address is one local cluster that lives for the block.
+
+    A session runs three subflows; each would otherwise start and stop its own local
+    cluster (about 5 s each). Threads, or a configured address, pass through unchanged.
+    """
+    if settings.task_runner != "dask" or settings.dask_address:
+        yield settings
+        return
+    from distributed import LocalCluster
+
+    started = time.monotonic()
+    # distributed leaves LocalCluster's constructor untyped.
+    cluster = LocalCluster(**_local_cluster_kwargs(settings))  # type: ignore[no-untyped-call]
+    with cluster:
+        logger.info(
+            "local Dask cluster of %d workers at %s started in %.1f s",
+            settings.dask_workers,
+            cluster.scheduler_address,
+            time.monotonic() - started,
+        )
+        yield settings.model_copy(update={"dask_address": cluster.scheduler_address})
+
+
+def _local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
+    # Processes, not threads: the models hold the GIL in places, and one crashing worker
+    # must not take the flow down. No dashboard: it needs bokeh and a free port.
+    return {
+        "n_workers": settings.dask_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
