@@ -136,6 +136,20 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         self.catalog.append("faces", face_rows, name="faces")
         return BatchOutcome(rows)
 
+    def moved(self, refs: Sequence[ImageRef]) -> None:
+        """Point the faces of moved photos at their new paths: same faces, newer rows."""
+        paths = {ref.sha256: display_path(ref.path) for ref in refs}
+        rows = self.catalog.query(
+            "SELECT * FROM faces WHERE model = ? AND list_contains(?, image_sha256)",
+            (self.model_id, list(paths)),
+        )
+        moved_at = now_utc()
+        self.catalog.append(
+            "faces",
+            [{**r, "image_path": paths[r["image_sha256"]], "indexed_at": moved_at} for r in rows],
+            name="moved",
+        )
+
     def forget(self, keys: Sequence[str]) -> None:
         """Tombstone the faces of photos gone from the library and delete their crops."""
         gone = self.catalog.query(
