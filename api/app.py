@@ -11,7 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.library import FolderForbidden, FolderNotFound, LibraryBusy, LibraryUnavailable
+from api.library import (
+    FolderForbidden,
+    FolderNotFound,
+    LibraryBusy,
+    LibraryUnavailable,
+    TextSearch,
+)
 from api.prefect_reader import (
     DEFAULT_CACHE_TTL_S,
     PrefectReader,
@@ -118,10 +124,12 @@ def create_app(
     settings: Settings | None = None,
     reader: PrefectReader | None = None,
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
+    text_search: TextSearch | None = None,
 ) -> FastAPI:
     """Build the API; `cache_ttl_s=0` turns the per-session progress cache off."""
     settings = settings or get_settings()
     reader = reader or PrefectReader(settings, cache_ttl_s=cache_ttl_s)
+    searcher = text_search or TextSearch(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +140,7 @@ def create_app(
             logger.warning("starting without Prefect: %s", err)
         yield
         await reader.aclose()
+        searcher.close()
 
     app = FastAPI(
         title="photoindex API",
@@ -141,6 +150,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.reader = reader
+    app.state.search = searcher
     for module in (progress, sessions, search, persons, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(pages.router)

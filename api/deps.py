@@ -28,9 +28,10 @@ def get_launcher() -> SessionLauncher:
     return launch_session
 
 
-def get_search(settings: Annotated[Settings, Depends(get_settings_dep)]) -> TextSearch:
-    """Text search over the indexed photos."""
-    return TextSearch(settings)
+def get_search(request: Request) -> TextSearch:
+    """The app's one text search (it keeps recent embeddings and the vector store open)."""
+    search: TextSearch = request.app.state.search
+    return search
 
 
 def get_persons(settings: Annotated[Settings, Depends(get_settings_dep)]) -> PersonDirectory:

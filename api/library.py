@@ -7,9 +7,15 @@ load them. Each blocking call runs in a worker thread.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -17,7 +23,25 @@ import anyio
 from api.schemas import Person, SearchHit
 from photoindex.settings import Settings
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
 _LOCAL_STORE = threading.Lock()
+"""Held while this process searches, opens or closes the local-mode vector store."""
+
+IDLE_CLOSE_S = 2.0
+"""Close the local vector store after this long without a search. Local mode locks its
+folder, and an index run waits (up to 2 minutes) for the lock: it gets it within this."""
+MAX_HOLD_S = 60.0
+"""Under searches that never pause, let go of the local store after this long anyway (the
+embed phase waits 120 s for the store, `tasks.embed.STORE_WAIT_S`) ..."""
+YIELD_S = 1.0
+"""... and wait this long before opening it again, so a waiting index run can take it."""
+TEXT_CACHE_SIZE = 256
+"""Text embeddings remembered per query string (about 2 KB each at width 512)."""
 
 
 class LibraryUnavailable(Exception):
@@ -89,38 +113,184 @@ async def launch_session(folder: Path, faces: bool) -> UUID:
         raise LibraryBusy(str(err)) from err
 
 
+@dataclass
+class SearchResult:
+    """Hits, and where the search's time went (seconds)."""
+
+    hits: list[SearchHit]
+    encode_s: float = 0.0
+    """CLIP text encoder; 0 when the query's embedding was remembered."""
+    open_s: float = 0.0
+    """Opening the vector store (local mode: loading it from disk), 0 when already open."""
+    vectors_s: float = 0.0
+    """The vector search itself."""
+
+    def server_timing(self) -> str:
+        """The `Server-Timing` header value, in milliseconds."""
+        parts = (("encode", self.encode_s), ("open", self.open_s), ("vectors", self.vectors_s))
+        return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in parts)
+
+
+class LocalStoreHolder:
+    """Keeps local-mode Qdrant open between searches and lets go of it when idle.
+
+    Opening the local store reads every vector from disk (about 0.4 s at 10k vectors), so
+    it stays open while searches come; after `idle_s` without one it is closed, releasing
+    the folder lock for an index run. `idle_s=0` closes it after every search.
+    """
+
+    def __init__(
+        self,
+        idle_s: float = IDLE_CLOSE_S,
+        max_hold_s: float = MAX_HOLD_S,
+        yield_s: float = YIELD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_s = idle_s
+        self.max_hold_s = max_hold_s
+        self.yield_s = yield_s
+        self._clock = clock
+        self._opened_at: float | None = None
+        self._last_used = 0.0
+        self._released_at: float | None = None
+        self._timer: threading.Timer | None = None
+        self.opens = 0
+        """How many times a search found the store closed (for the benchmark)."""
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """One search at a time on the local store; it stays open until idle."""
+        with _LOCAL_STORE:
+            if self._opened_at is None:
+                if self._released_at is not None:
+                    # Just let go after holding it long: give a waiting index run its turn.
+                    time.sleep(max(0.0, self._released_at + self.yield_s - self._clock()))
+                    self._released_at = None
+                self._opened_at = self._clock()
+                self.opens += 1
+            try:
+                yield
+            except BaseException:
+                self._release()
+                raise
+            self._last_used = self._clock()
+            if self.idle_s <= 0:
+                self._release()
+            elif self._last_used - self._opened_at >= self.max_hold_s:
+                self._release()
+                self._released_at = self._clock()
+            elif self._timer is None:
+                self._arm(self.idle_s)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._on_timer)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        with _LOCAL_STORE:
+            self._timer = None
+            if self._opened_at is None:
+                return
+            idle = self._clock() - self._last_used
+            if idle >= self.idle_s:
+                self._release()
+                logger.debug("closed the local vector store after %.1f s idle", idle)
+            else:
+                self._arm(self.idle_s - idle)
+
+    def _release(self) -> None:
+        from tasks.vectors import close_clients
+
+        close_clients()
+        self._opened_at = None
+
+    def close(self) -> None:
+        """Close the store now (at shutdown)."""
+        with _LOCAL_STORE:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._opened_at is not None:
+                self._release()
+
+
 class TextSearch:
-    """Text-to-photo search with the configured CLIP model and vector store."""
+    """Text-to-photo search with the configured CLIP model and vector store.
 
-    def __init__(self, settings: Settings) -> None:
+    One per app: it remembers recent query embeddings and keeps a local-mode store open
+    between searches (see `LocalStoreHolder`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        idle_close_s: float = IDLE_CLOSE_S,
+        text_cache_size: int = TEXT_CACHE_SIZE,
+    ) -> None:
         self.settings = settings
+        self.local = LocalStoreHolder(idle_close_s)
+        self.text_cache_size = text_cache_size
+        self._texts: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._texts_lock = threading.Lock()
 
-    async def search(self, query: str, k: int) -> list[SearchHit]:
+    async def search(self, query: str, k: int) -> SearchResult:
         """The k photos that best match the query."""
-        return await anyio.to_thread.run_sync(self._locked_search, query, k)
+        return await anyio.to_thread.run_sync(self._search, query, k)
 
-    def _locked_search(self, query: str, k: int) -> list[SearchHit]:
-        if self.settings.qdrant_url:
-            return self._search(query, k)
-        with _LOCAL_STORE:  # one local-mode client at a time, closed after each search
-            return self._search(query, k)
+    def close(self) -> None:
+        """Release the local vector store."""
+        self.local.close()
 
-    def _search(self, query: str, k: int) -> list[SearchHit]:
+    def _embed(self, query: str) -> tuple[npt.NDArray[np.float32], float]:
+        """The query's embedding, and the seconds spent encoding it (0 if remembered)."""
+        from tasks.embed import clip_embedder
+
+        with self._texts_lock:
+            vector = self._texts.get(query)
+            if vector is not None:
+                self._texts.move_to_end(query)
+                return vector, 0.0
+        started = time.perf_counter()
+        vector = clip_embedder(self.settings).embed_text([query])[0]
+        spent = time.perf_counter() - started
+        if self.text_cache_size > 0:
+            with self._texts_lock:
+                self._texts[query] = vector
+                while len(self._texts) > self.text_cache_size:
+                    self._texts.popitem(last=False)
+        return vector, spent
+
+    def _search(self, query: str, k: int) -> SearchResult:
         from tasks.embed import clip_embedder
         from tasks.models.clip import ClipModelError
-        from tasks.vectors import VectorStore, VectorStoreBusy, close_clients
+        from tasks.vectors import VectorStore, VectorStoreBusy
 
-        model = clip_embedder(self.settings)
         try:
-            vector = model.embed_text([query])[0]
-            hits = VectorStore(model.model_id, self.settings).search(vector, k)
+            vector, encode_s = self._embed(query)
+            model_id = clip_embedder(self.settings).model_id
+            with self._store():
+                started = time.perf_counter()
+                store = VectorStore(model_id, self.settings)
+                opened = time.perf_counter()
+                hits = store.search(vector, k)
+                done = time.perf_counter()
         except (ClipModelError, VectorStoreBusy) as err:
             raise LibraryUnavailable(str(err)) from err
-        finally:
-            if not self.settings.qdrant_url:
-                # Local Qdrant locks its folder: release it so an indexing run can write.
-                close_clients()
-        return [SearchHit(path=path, score=score, payload=_scalars(p)) for path, score, p in hits]
+        return SearchResult(
+            hits=[SearchHit(path=p, score=sc, payload=_scalars(data)) for p, sc, data in hits],
+            encode_s=encode_s,
+            open_s=opened - started,
+            vectors_s=done - opened,
+        )
+
+    @contextmanager
+    def _store(self) -> Iterator[None]:
+        if self.settings.qdrant_url:
+            yield  # a Qdrant server: one client for the process, no folder lock
+        else:
+            with self.local.hold():
+                yield
 
 
 def _scalars(payload: dict[str, Any]) -> dict[str, str | int | float | bool | None]:
