@@ -15,8 +15,10 @@ from prefect.runtime import flow_run
 from prefect.states import Pending
 
 from flows.cluster_faces import cluster_faces
+from flows.deploy import submit_via_deployment
 from flows.detect_faces import detect_faces
 from flows.embed_images import embed_images
+from flows.runners import shared_cluster, task_runner
 from photoindex.settings import get_settings
 from tasks.catalog import Catalog
 from tasks.lock import LibraryBusy, busy_message, library_holder, library_lock
@@ -39,12 +41,14 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     folder = str(root.resolve())
     settings = get_settings()
     session = str(flow_run.get_id() or "?")
-    with library_lock(settings, session, folder):  # one writer per data folder, or a clear no
-        summaries = [embed_images(folder)]
+    # One writer per data folder, or a clear no; one Dask cluster (if any) for all phases.
+    with library_lock(settings, session, folder), shared_cluster(settings) as run_settings:
+        runner = task_runner(run_settings)
+        summaries = [embed_images.with_options(task_runner=runner)(folder)]
         close_clients()  # release local Qdrant's lock as soon as the vectors are in
         if faces:
-            summaries.append(detect_faces(folder))
-            summaries.append(cluster_faces())
+            summaries.append(detect_faces.with_options(task_runner=runner)(folder))
+            summaries.append(cluster_faces.with_options(task_runner=runner)())
         Catalog().write_duckdb_file()
     for s in summaries:
         log.info(
@@ -94,7 +98,8 @@ def start_session_process(session_id: UUID) -> subprocess.Popen[bytes]:
 
 
 def submit_session(folder: Path, faces: bool = True) -> UUID:
-    """Create a session and start it in a separate process; returns at once.
+    """Start a session and return its id at once: through the `index-photos` deployment
+    when one exists and a worker polls its pool, else in a separate local process.
 
     Raises LibraryBusy when a session is indexing into this data folder now.
     """
@@ -103,6 +108,9 @@ def submit_session(folder: Path, faces: bool = True) -> UUID:
     holder = library_holder(get_settings())
     if holder is not None:
         raise LibraryBusy(busy_message(holder, get_settings()))
+    deployed = asyncio.run(submit_via_deployment(folder, faces))
+    if deployed is not None:  # a worker of the deployment's pool runs it
+        return deployed
     session_id = asyncio.run(create_session(folder, faces))
     start_session_process(session_id)
     return session_id

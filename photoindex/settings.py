@@ -62,10 +62,6 @@ class Settings(BaseSettings):
         default=None, description="An existing Dask scheduler; unset = a local cluster"
     )
     dask_workers: int = Field(default=2, description="Workers of the local Dask cluster")
-    results_dir: Path | None = Field(
-        default=None,
-        description="Where batch results persist for resumes; shared storage on a cluster",
-    )
 
     @property
     def qdrant_dir(self) -> Path:
@@ -82,10 +78,6 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
-
-    @property
-    def results_path(self) -> Path:
-        return self.results_dir or self.data_dir / "results"
 
     @property
     def locks_dir(self) -> Path:

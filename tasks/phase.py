@@ -16,7 +16,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -25,7 +24,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
-from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog, chunks, status_row
@@ -189,6 +187,8 @@ def process_batch(phase: Phase[Any, Any, Any], batch: Sequence[Any]) -> Any:
 
     The result persists under a key made of the items' content and the model, so a
     re-run after a crash takes a batch that was computed but never written from storage.
+    Storage is Prefect's result storage (`PREFECT_RESULTS_LOCAL_STORAGE_PATH`, by default
+    `$PREFECT_HOME/storage`): point it at shared storage when workers run on other machines.
     Reading is free to overlap; computing is serial per process when the phase says so
     (torch already uses every core), and parallel otherwise (one thread per ONNX call).
     """
@@ -208,11 +208,6 @@ def process_batch(phase: Phase[Any, Any, Any], batch: Sequence[Any]) -> Any:
 def write_batch(phase: Phase[Any, Any, Any], computed: Any) -> BatchOutcome:
     """Store one computed batch; retried, since storage may hiccup."""
     return phase.write(computed)
-
-
-def _result_storage(settings: Settings) -> AbstractContextManager[Any]:
-    """Persist batch results where the settings say: shared storage on a cluster."""
-    return temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH: settings.results_path})
 
 
 def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
@@ -282,8 +277,7 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
         while queue and len(in_flight) < phase.in_flight():
             checkpoint()
             batch = queue.pop()
-            with _result_storage(phase.settings):
-                in_flight[process_batch.submit(phase, batch)] = batch
+            in_flight[process_batch.submit(phase, batch)] = batch
         tick = time.monotonic()
         future = next(as_completed(list(in_flight)))
         batch = in_flight.pop(future)
