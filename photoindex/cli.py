@@ -1,4 +1,4 @@
-"""The `photoindex` command line: index, watch, search, persons, serve."""
+"""The `photoindex` command line: index, watch, search, persons, check, serve."""
 
 from __future__ import annotations
 
@@ -240,6 +240,28 @@ def persons(
         console.print(f"[bold]{r['person_id']}[/bold]  {r['face_count']} faces")
         for crop in r["sample_crops"]:
             console.print(f"    {crop}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def check() -> None:
+    """Check the data folder: catalog, face crops and vectors agree, no half-written files."""
+    from tasks.integrity import check_integrity
+    from tasks.lock import busy_message, library_holder
+    from tasks.vectors import VectorStoreBusy
+
+    settings = get_settings()
+    holder = library_holder(settings)
+    if holder is not None:
+        raise fail(busy_message(holder, settings) + " Check again when it has finished.", 1)
+    try:
+        problems = check_integrity(settings, store_wait_s=10.0)
+    except VectorStoreBusy as e:
+        raise fail(str(e), 1) from e
+    if problems:
+        for problem in problems:
+            err.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise fail(f"{len(problems)} problem(s) in {settings.data_dir.resolve()}", 1)
+    console.print(f"ok: catalog, crops and vectors agree in {settings.data_dir.resolve()}")
 
 
 @app.command()
