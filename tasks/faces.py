@@ -67,7 +67,10 @@ class Loaded:
 
 @dataclass
 class Found:
-    loaded: Loaded
+    """A computed batch without the pixels: small enough to persist as a batch result."""
+
+    photos: list[tuple[ImageRef, float]]  # scale to original size
+    skipped: list[tuple[ImageRef, str]]
     faces: list[list[Face]]
 
 
@@ -101,16 +104,20 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         return Loaded(photos, skipped)
 
     def compute(self, batch: Loaded) -> Found:
-        return Found(batch, [self.analyzer.analyze(bgr) for _, bgr, _ in batch.photos])
+        return Found(
+            [(ref, scale) for ref, _, scale in batch.photos],
+            batch.skipped,
+            [self.analyzer.analyze(bgr) for _, bgr, _ in batch.photos],
+        )
 
     def write(self, result: Found) -> BatchOutcome:
         rows: list[dict[str, Any]] = [
             self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
-            for ref, reason in result.loaded.skipped
+            for ref, reason in result.skipped
         ]
         face_rows: list[dict[str, Any]] = []
         indexed_at = now_utc()
-        for (ref, _, scale), faces in zip(result.loaded.photos, result.faces, strict=True):
+        for (ref, scale), faces in zip(result.photos, result.faces, strict=True):
             for index, face in enumerate(faces):
                 fid = face_id(ref.sha256, self.model_id, index)
                 crop = self.settings.crops_dir / fid[:2] / f"{fid}.jpg"
