@@ -318,8 +318,10 @@ def main() -> None:
             guess = b.seconds * (n / b.size) ** power
             new = next(r for r in rows if r.method == "new" and r.size == n)
             print(f"baseline at {n}: skipped; extrapolated n^{power:.2f} from {b.size} -> "
-                  f"{guess / 60:.0f} min (FACTS.md measured ~{FACTS_BASELINE_100K_S // 60} min at "
-                  f"100k); new/extrapolated time {new.seconds / guess:.4f}")  # fmt: skip
+                  f"{guess / 60:.0f} min, likely low: its tree search grows faster at large n "
+                  f"(FACTS.md measured ~{FACTS_BASELINE_100K_S // 60} min at 100k; "
+                  f"--baseline-max 100000 measures it); new/extrapolated time "
+                  f"{new.seconds / guess:.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":
