@@ -152,6 +152,8 @@ def run_flow(
 
         n_faces = Catalog(get_settings()).query("SELECT count(*) AS n FROM faces")[0]["n"]
         note += f", {n_faces} faces"
+    persisted = sum(f.stat().st_size for f in (data_dir / "results").rglob("*") if f.is_file())
+    note += f", results persisted {mb(persisted)}"
     if cached:
         note += f", {cached} CACHED batches (not computed!)"
     if summary.processed != n:
