@@ -477,7 +477,8 @@ class PrefectReader:
             if counts is None or counts.total <= 0 or embed is None:
                 continue
             duration = run_state(embed).duration_s or 0.0
-            fresh = counts.per_minute * duration / 60.0
+            # Items the run did itself; older artifacts carry only a rate to estimate it from.
+            fresh = counts.fresh or counts.per_minute * duration / 60.0
             if fresh < MIN_FRESH_SHARE * counts.total:
                 continue  # mostly reused work: it says little about real costs
             used += 1

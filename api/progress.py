@@ -201,12 +201,16 @@ def _silence(now: datetime, *signs: datetime | None) -> float | None:
     return (now - max(known)).total_seconds()
 
 
-def _stats(key: str, status: PhaseStatus, snap: SessionSnapshot) -> ProgressStats:
+def _stats(
+    key: str, status: PhaseStatus, snap: SessionSnapshot, weights: Weights
+) -> ProgressStats:
     phase = snap.phase(key)
     counts = phase.counts
     if counts is not None:
         current, total = counts.current, counts.total
         percentage = counts.percentage
+        if status in {"running", "processing"}:
+            percentage = max(percentage, _in_flight_share(key, snap, weights, counts))
     else:
         images = snap.phase("training").counts
         if key == "clustering":
@@ -229,6 +233,25 @@ def _stats(key: str, status: PhaseStatus, snap: SessionSnapshot) -> ProgressStat
         skipped=counts.skipped if counts is not None else 0,
         failed=counts.failed if counts is not None else 0,
     )
+
+
+def _in_flight_share(key: str, snap: SessionSnapshot, weights: Weights, counts: Counts) -> float:
+    """How far a running phase is by the clock, never past the items finished or in flight.
+
+    Items count when written, a batch at a time, and the first batch also waits for the
+    models to load: by counts alone a phase sits at 0 % for its first seconds. With this
+    phase's calibrated seconds per image, the time since it started says how far the work
+    has come, capped at the items actually finished or being worked on.
+    """
+    spi = weights.seconds_per_image.get(key)
+    run = snap.phase(key).run
+    images = snap.phase("training").counts
+    if not spi or run is None or run.start_time is None or images is None or counts.total <= 0:
+        return 0.0
+    expected = spi * images.total
+    by_clock = 100.0 * (snap.now - run.start_time).total_seconds() / expected
+    in_flight = 100.0 * (counts.current + counts.active) / counts.total
+    return max(0.0, min(by_clock, in_flight, 100.0))
 
 
 def _overall_status(
@@ -416,7 +439,7 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
     ):
         warnings.append(f"The session failed: {snap.parent.message}")
 
-    stats = {key: _stats(key, statuses[key], snap) for key in PHASES}
+    stats = {key: _stats(key, statuses[key], snap, weights) for key in PHASES}
     raw = sum(weights.shares[key] * stats[key].percentage for key in PHASES)
     if overall_status == "completed":
         percentage = 100.0

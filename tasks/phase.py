@@ -278,9 +278,11 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
             checkpoint()
             batch = queue.pop()
             in_flight[process_batch.submit(phase, batch)] = batch
+            reporter.active += len(batch)
         tick = time.monotonic()
         future = next(as_completed(list(in_flight)))
         batch = in_flight.pop(future)
+        reporter.active -= len(batch)
         wait_s += time.monotonic() - tick
         tick = time.monotonic()
         try:

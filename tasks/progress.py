@@ -28,6 +28,8 @@ class Counts:
     failed: int = 0
     per_minute: float = 0.0
     done: bool = False
+    active: int = 0  # items being read or computed now (in batches in flight)
+    fresh: int = 0  # items this run did itself, not reused from earlier runs
 
     @property
     def percentage(self) -> float:
@@ -41,7 +43,8 @@ class Counts:
         """The artifact description: `key=value` pairs a person and a parser can both read."""
         return (
             f"current={self.current} total={self.total} skipped={self.skipped} "
-            f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)}"
+            f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)} "
+            f"active={self.active} fresh={self.fresh}"
         )
 
     @classmethod
@@ -58,6 +61,8 @@ class Counts:
                 failed=int(pairs.get("failed", 0)),
                 per_minute=float(pairs.get("per_minute", 0.0)),
                 done=pairs.get("done", "0") == "1",
+                active=int(pairs.get("active", 0)),
+                fresh=int(pairs.get("fresh", 0)),
             )
         except (KeyError, ValueError):
             return None
@@ -73,10 +78,12 @@ class ProgressReporter:
     current: int = 0
     skipped: int = 0
     failed: int = 0
+    active: int = 0
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
     _work_done: int = 0
+    _first: tuple[float, int] | None = None  # when the first items finished, and how many
 
     def start(self) -> None:
         """Create the artifact at 0 (or at what earlier runs already did)."""
@@ -95,17 +102,40 @@ class ProgressReporter:
 
     def advance(self, processed: int = 0, skipped: int = 0, failed: int = 0) -> None:
         """Count finished items and publish if the throttle allows."""
-        self.current += processed + skipped + failed
+        n = processed + skipped + failed
+        self.current += n
         self.skipped += skipped
         self.failed += failed
-        self._work_done += processed + skipped + failed
+        self._work_done += n
+        if self._first is None and n > 0:
+            self._first = (time.monotonic(), n)
         if time.monotonic() - self._last_publish >= self.interval_s:
             self.publish()
 
     def counts(self, done: bool = False) -> Counts:
-        elapsed = time.monotonic() - self._started
-        rate = 60.0 * self._work_done / elapsed if elapsed > 0 else 0.0
-        return Counts(self.current, self.total, self.skipped, self.failed, rate, done)
+        return Counts(
+            self.current,
+            self.total,
+            self.skipped,
+            self.failed,
+            self.rate(),
+            done,
+            0 if done else self.active,
+            self._work_done,
+        )
+
+    def rate(self) -> float:
+        """Items per minute at the pace the work goes now: after the first items finished,
+        so that start-up (models loading, the first batch) does not make the ETA too long."""
+        now = time.monotonic()
+        if (
+            self._first is not None
+            and now - self._first[0] > 0
+            and self._work_done > self._first[1]
+        ):
+            return 60.0 * (self._work_done - self._first[1]) / (now - self._first[0])
+        elapsed = now - self._started
+        return 60.0 * self._work_done / elapsed if elapsed > 0 else 0.0
 
     def publish(self, done: bool = False) -> None:
         """Write the current counts to the artifact now."""

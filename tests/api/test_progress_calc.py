@@ -367,3 +367,35 @@ def test_a_run_that_reports_again_is_running_again() -> None:
     assert calc(snapshot(training=phase(running(5000), 41, updated_s=1))).overall_status == (
         "running"
     )
+
+
+def test_a_running_phase_moves_with_the_clock_but_never_past_its_work_in_flight() -> None:
+    """Calibrated: before its first batch is written, a phase advances by elapsed time,
+    capped at the items in flight; the counts take over once they are ahead."""
+    weights = session_weights(
+        Calibration({"training": 0.5, "faceDetection": 0.5, "clustering": 0.01}, sessions=1),
+        faces=True,
+    )
+
+    def training_at(current: int, active: int, started_s: float) -> float:
+        counts = Counts(current, 100, active=active)
+        snap = snapshot(
+            training=PhaseSnapshot(run=running(started_s), counts=counts, artifact_updated=ago(1))
+        )
+        return calc(snap, weights).phases.training.progress.percentage
+
+    # 100 images x 0.5 s = 50 s expected; 10 s in = 20 % by the clock.
+    assert training_at(0, active=32, started_s=10) == 20.0
+    # ... but never more than the 16 items in flight.
+    assert training_at(0, active=16, started_s=10) == 16.0
+    # Nothing in flight (models still loading, or discovery): counts only.
+    assert training_at(0, active=0, started_s=10) == 0.0
+    # Counts ahead of the clock win.
+    assert training_at(60, active=16, started_s=10) == 60.0
+    # Seed weights (no history): counts only.
+    snap = snapshot(
+        training=PhaseSnapshot(
+            run=running(10), counts=Counts(0, 100, active=32), artifact_updated=ago(1)
+        )
+    )
+    assert calc(snap).phases.training.progress.percentage == 0.0
