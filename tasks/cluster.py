@@ -15,8 +15,8 @@ import numpy as np
 from hdbscan import _hdbscan_linkage as hdbscan_linkage
 from hdbscan import _hdbscan_tree as hdbscan_tree
 from hdbscan import hdbscan_
-from scipy import sparse  # type: ignore[import-untyped]
-from scipy.sparse import csgraph  # type: ignore[import-untyped]
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from photoindex.settings import Settings
 from tasks.catalog import now_utc
