@@ -96,7 +96,10 @@ def watch_session(
                 description=PHASE_LABELS.get(overall.current_phase, overall.current_phase),
                 detail=detail,
             )
-            if progress.overall_status in TERMINAL:
+            # Our own session process still runs: "failed" from silence is not its last word.
+            if progress.overall_status in TERMINAL and (
+                runner is None or runner.poll() is not None
+            ):
                 return progress
             # A session run by our own process ends when it does; another one when it stalls.
             if runner is not None and runner.poll() is not None and finished_polls > 0:
@@ -274,9 +277,7 @@ def serve(
 
     settings = get_settings()
     api_url = _prefect(settings)
-    console.print(
-        f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}"
-    )
+    console.print(f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}")
     from api.app import create_app
 
     app_settings = settings.model_copy(update={"prefect_api_url": api_url})

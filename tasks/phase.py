@@ -218,11 +218,18 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
     stay right. A batch that raises marks its items failed (they are retried next run)
     unless nothing has succeeded yet, which means the error is systematic.
     """
-    log = get_run_logger()
     started = time.monotonic()
     # The artifact exists before discovery, so a long scan reads as alive, not stalled.
     reporter = ProgressReporter(phase.name, total=0, interval_s=phase.settings.progress_interval_s)
     reporter.start()
+    try:
+        return _run(phase, reporter, started)
+    finally:
+        reporter.stop()  # a phase that raises must not look alive
+
+
+def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float) -> PhaseSummary:
+    log = get_run_logger()
     items, rejected = phase.discover()
     done = phase.catalog.done_rows(phase.name, phase.model_id)
     removed = phase.stale(done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -68,13 +69,20 @@ class Counts:
             return None
 
 
+#: While a phase works on without finishing items (a long clustering, hashing a big
+#: folder), its artifact is re-published this often, so silence means a dead process.
+HEARTBEAT_S = 30.0
+
+
 @dataclass
 class ProgressReporter:
-    """Publishes a phase's progress artifact, at most once per `interval_s`."""
+    """Publishes a phase's progress artifact, at most once per `interval_s`, and at least
+    once per `heartbeat_s` while the phase runs."""
 
     phase: str
     total: int
     interval_s: float = 1.0
+    heartbeat_s: float = HEARTBEAT_S
     current: int = 0
     skipped: int = 0
     failed: int = 0
@@ -84,9 +92,24 @@ class ProgressReporter:
     _last_publish: float = 0.0
     _work_done: int = 0
     _first: tuple[float, int] | None = None  # when the first items finished, and how many
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """Create the artifact at 0 (or at what earlier runs already did)."""
+        """Create the artifact at 0 (or at what earlier runs already did); start the heartbeat."""
+        self._create()
+        threading.Thread(target=self._beat, name=f"{self.phase}-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop the heartbeat (the phase ended, one way or another)."""
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.heartbeat_s, 5.0)):
+            if time.monotonic() - self._last_publish >= self.heartbeat_s:
+                self.publish()
+
+    def _create(self) -> None:
         self._last_publish = time.monotonic()
         try:
             artifact_id = create_progress_artifact(
@@ -139,20 +162,22 @@ class ProgressReporter:
 
     def publish(self, done: bool = False) -> None:
         """Write the current counts to the artifact now."""
-        counts = self.counts(done)
-        if self._artifact_id is None:
-            self.start()
+        with self._lock:
+            counts = self.counts(done)
             if self._artifact_id is None:
-                return
-        self._last_publish = time.monotonic()
-        try:
-            update_progress_artifact(
-                self._artifact_id, progress=counts.percentage, description=counts.describe()
-            )
-        except Exception as err:  # a Prefect API outage must not cost the indexing work
-            logger.warning("progress not published (%s): %s", self.phase, err)
+                self._create()
+                if self._artifact_id is None:
+                    return
+            self._last_publish = time.monotonic()
+            try:
+                update_progress_artifact(
+                    self._artifact_id, progress=counts.percentage, description=counts.describe()
+                )
+            except Exception as err:  # a Prefect API outage must not cost the indexing work
+                logger.warning("progress not published (%s): %s", self.phase, err)
 
     def finish(self) -> None:
         """Move the artifact to 100."""
+        self.stop()
         self.current = max(self.current, self.total)
         self.publish(done=True)

@@ -1,0 +1,73 @@
+"""The progress reporter: throttled updates, a heartbeat while nothing finishes, and a
+Prefect outage that costs progress updates but never the work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from tasks import progress
+from tasks.progress import Counts, ProgressReporter
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.updates: list[tuple[float, Counts | None]] = []
+        self.fail = fail
+
+    def create(self, **_: Any) -> UUID:
+        if self.fail:
+            raise ConnectionError("Prefect is down")
+        return uuid4()
+
+    def update(self, _id: UUID, progress: float, description: str) -> None:
+        if self.fail:
+            raise ConnectionError("Prefect is down")
+        self.updates.append((progress, Counts.parse(description)))
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    monkeypatch.setattr(progress, "create_progress_artifact", rec.create)
+    monkeypatch.setattr(progress, "update_progress_artifact", rec.update)
+    return rec
+
+
+def test_a_phase_that_finishes_nothing_for_a_while_still_beats(recorder: Recorder) -> None:
+    reporter = ProgressReporter("cluster", total=1, heartbeat_s=0.2)
+    reporter.start()
+    time.sleep(1.0)
+    beats = len(recorder.updates)
+    reporter.finish()
+    assert beats >= 1
+    assert recorder.updates[-1][1] == Counts(1, 1, done=True, per_minute=0.0)
+    time.sleep(0.3)
+    assert len(recorder.updates) == beats + 1, "no beats after finish"
+
+
+def test_counts_carry_work_in_flight_and_what_this_run_did(recorder: Recorder) -> None:
+    reporter = ProgressReporter("embed", total=10, interval_s=0.0, heartbeat_s=60)
+    reporter.start()
+    reporter.current = 4  # reused from an earlier run
+    reporter.active = 3
+    reporter.advance(processed=2, skipped=1)
+    reporter.stop()
+    last = recorder.updates[-1][1]
+    assert last is not None
+    assert (last.current, last.total, last.skipped, last.active, last.fresh) == (7, 10, 1, 3, 3)
+
+
+def test_prefect_down_costs_updates_not_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder(fail=True)
+    monkeypatch.setattr(progress, "create_progress_artifact", rec.create)
+    monkeypatch.setattr(progress, "update_progress_artifact", rec.update)
+    reporter = ProgressReporter("faces", total=2, interval_s=0.0, heartbeat_s=60)
+    reporter.start()
+    reporter.advance(processed=1)
+    rec.fail = False  # the server is back: the next update creates the artifact
+    reporter.finish()
+    assert rec.updates and rec.updates[-1][1] is not None and rec.updates[-1][1].done
