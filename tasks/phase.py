@@ -179,6 +179,7 @@ def _batch_cache_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(
     cache_key_fn=_batch_cache_key,
     persist_result=True,
+    cache_result_in_memory=False,  # read back from storage once; a session must not hoard them
     cache_expiration=timedelta(days=7),
     task_run_name="{phase.name}-batch",
 )
