@@ -54,9 +54,10 @@ def chromium_executable() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_executable: str, prefect_harness: None) -> Iterator[Browser]:
-    """One headless chromium for all browser tests (started after the Prefect harness)."""
+    """One headless chromium per module (after the Prefect harness). Not per session:
+    Playwright's event loop stays current until it stops, and later tests call asyncio.run."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium_executable, args=CHROMIUM_ARGS, headless=True
