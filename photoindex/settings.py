@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
     clip_config: Path | None = None
-    clip_batch_size: int = 32
+    clip_batch_size: int = 16  # measured: 8, 16 and 32 run equally fast; 16 reports finer
 
     face_detector: Path | None = None
     face_encoder: Path | None = None
