@@ -30,6 +30,7 @@ def data_dir(
 ) -> Iterator[Path]:
     """One data folder for the session, with settings pointing at it and the tiny model."""
     from photoindex.settings import get_settings
+    from tests.environ import environ
 
     data = tmp_path_factory.mktemp("photoindex-data")
     config, weights = tiny_clip
@@ -42,15 +43,9 @@ def data_dir(
         "PHOTOINDEX_FACE_BATCH_SIZE": "8",
         "PHOTOINDEX_PROGRESS_INTERVAL_S": "0.2",
     }
-    old = {k: os.environ.get(k) for k in patch}
-    os.environ.update(patch)
-    get_settings.cache_clear()
-    yield data
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ(**patch):
+        get_settings.cache_clear()
+        yield data
     get_settings.cache_clear()
 
 

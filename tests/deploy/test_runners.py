@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.runners import shared_cluster, task_runner
 from photoindex.settings import Settings, get_settings
 from tasks.phase import PhaseSummary
+from tests.environ import environ
 from tests.photos import make_photo_folder
 
 
@@ -28,18 +28,11 @@ def test_threads_are_the_default(data_dir: Path) -> None:
 @contextmanager
 def _env(**values: str) -> Iterator[Settings]:
     """Settings from these PHOTOINDEX_* values, for this process and processes it starts."""
-    keys = {f"PHOTOINDEX_{k.upper()}": v for k, v in values.items()}
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
     get_settings.cache_clear()
     try:
-        yield get_settings()
+        with environ(**{f"PHOTOINDEX_{k.upper()}": v for k, v in values.items()}):
+            yield get_settings()
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         get_settings.cache_clear()
 
 

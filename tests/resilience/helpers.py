@@ -16,23 +16,9 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from photoindex.settings import Settings, get_settings
+from tests.environ import environ
 
 T = TypeVar("T")
-
-
-@contextmanager
-def environ(**updates: str) -> Iterator[None]:
-    """Set environment variables for the block, then restore them all exactly."""
-    old = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager

@@ -25,12 +25,12 @@ from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
 from tasks.discover import hash_file
+from tests.environ import environ
 from tests.photos import BadCase, make_bad_cases
 from tests.resilience.helpers import (
     ChildSession,
     assert_healthy,
     child_env,
-    environ,
     flow_run_state,
     seed_face_models,
     snapshot,

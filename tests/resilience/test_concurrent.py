@@ -8,13 +8,13 @@ import pytest
 
 from photoindex.settings import Settings, get_settings
 from tasks.lock import LibraryBusy, library_holder
+from tests.environ import environ
 from tests.resilience.conftest import Clean
 from tests.resilience.helpers import (
     assert_healthy,
     assert_same_as_clean,
     child_env,
     count_rows,
-    environ,
     flow_run_state,
     snapshot,
     start_child_session,
