@@ -281,12 +281,16 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     queue = list(chunks(sorted(todo, key=phase.key), phase.batch_size))
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
+    first_window = True
     while queue or in_flight:
         while queue and len(in_flight) < phase.in_flight():
             checkpoint()
             batch = queue.pop()
             in_flight[process_batch.submit(phase, batch)] = batch
             reporter.active += len(batch)
+        if first_window:  # say at once that work is in flight: the API's clock starts from it
+            reporter.publish()
+            first_window = False
         tick = time.monotonic()
         future = next(as_completed(list(in_flight)))
         batch = in_flight.pop(future)
