@@ -107,7 +107,7 @@ class ProgressReporter:
     def _beat(self) -> None:
         while not self._stop.wait(min(self.heartbeat_s, 5.0)):
             if time.monotonic() - self._last_publish >= self.heartbeat_s:
-                self.publish()
+                self.publish(beat=True)
 
     def _create(self) -> None:
         self._last_publish = time.monotonic()
@@ -160,9 +160,11 @@ class ProgressReporter:
         elapsed = now - self._started
         return 60.0 * self._work_done / elapsed if elapsed > 0 else 0.0
 
-    def publish(self, done: bool = False) -> None:
+    def publish(self, done: bool = False, beat: bool = False) -> None:
         """Write the current counts to the artifact now."""
         with self._lock:
+            if beat and self._stop.is_set():
+                return  # the phase ended while this beat waited: never overwrite its last word
             counts = self.counts(done)
             if self._artifact_id is None:
                 self._create()
