@@ -9,6 +9,7 @@ the scheduler service, so cron schedules would never create runs on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -177,8 +178,11 @@ def worker(deployed: UUID, stack: Stack) -> Iterator[Path]:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            pass
+        # Whatever the worker left in its group (flow-run processes) goes too.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
 
 
 def _submit(stack: Stack) -> UUID | None:
