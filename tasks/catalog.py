@@ -204,10 +204,6 @@ class Catalog:
         )
         return {r["key"]: r for r in rows}
 
-    def done_keys(self, phase: str, model: str) -> set[str]:
-        """Keys a phase finished for a model."""
-        return set(self.done_rows(phase, model))
-
     # the library's files -----------------------------------------------------
     def _manifest(self, root: str) -> Path:
         digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]

@@ -11,15 +11,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from qdrant_client import QdrantClient
 
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog
-from tasks.vectors import close_clients, collection_name, get_client, point_id
+from tasks.vectors import close_clients, collection_name, get_client, point_id, points
 
 #: The name pattern of a Parquet part being written (see `write_parquet_atomic`).
 PARQUET_TEMP_GLOB = ".tmp-*.parquet.part"
@@ -219,7 +217,7 @@ def _vectors(catalog: Catalog, settings: Settings, wait_s: float) -> list[str]:
     client = get_client(settings, wait_s)
     try:
         names = {c.name for c in client.get_collections().collections}
-        stored = {name: _points(client, name) for name in names}
+        stored = {name: points(client, name) for name in names}
     finally:
         if not settings.qdrant_url:
             close_clients()  # local mode locks its folder: never keep it from a session
@@ -248,16 +246,3 @@ def _vectors(catalog: Catalog, settings: Settings, wait_s: float) -> list[str]:
             ),
         )
     return problems
-
-
-def _points(client: QdrantClient, collection: str) -> dict[str, dict[str, Any]]:
-    """Every point of a collection: id -> payload."""
-    found: dict[str, dict[str, Any]] = {}
-    offset: Any = None
-    while True:
-        points, offset = client.scroll(
-            collection, limit=1000, offset=offset, with_payload=True, with_vectors=False
-        )
-        found.update({str(p.id): dict(p.payload or {}) for p in points})
-        if offset is None:
-            return found

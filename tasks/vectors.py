@@ -78,6 +78,19 @@ def _open(settings: Settings, where: str) -> QdrantClient:
         ) from err
 
 
+def points(client: QdrantClient, collection: str) -> dict[str, dict[str, Any]]:
+    """Every point of a collection: id -> payload."""
+    found: dict[str, dict[str, Any]] = {}
+    offset: Any = None
+    while True:
+        batch, offset = client.scroll(
+            collection, limit=1000, offset=offset, with_payload=True, with_vectors=False
+        )
+        found.update({str(p.id): dict(p.payload or {}) for p in batch})
+        if offset is None:
+            return found
+
+
 def close_clients() -> None:
     """Close every client, releasing local-mode locks."""
     with _clients_lock:
@@ -142,15 +155,7 @@ class VectorStore:
         """Every point id in the collection."""
         if not self.client.collection_exists(self.collection):
             return set()
-        found: set[str] = set()
-        offset: Any = None
-        while True:
-            points, offset = self.client.scroll(
-                self.collection, limit=1000, offset=offset, with_payload=False, with_vectors=False
-            )
-            found.update(str(p.id) for p in points)
-            if offset is None:
-                return found
+        return set(points(self.client, self.collection))
 
     def count(self) -> int:
         if not self.client.collection_exists(self.collection):
