@@ -18,16 +18,6 @@ from photoindex.settings import Settings
 Progress = dict[str, Any]
 
 
-@pytest.fixture(scope="session")
-def prefect_api_url(prefect_harness: None) -> str:
-    """The harness's API URL, passed explicitly so threads outside its context reach it."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    assert url, "the Prefect test harness set no API URL"
-    return str(url)
-
-
 @pytest.fixture(scope="module")
 def api(prefect_api_url: str) -> Iterator[TestClient]:
     """The real API on the harness, with the seed's weights (no calibration)."""

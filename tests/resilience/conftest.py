@@ -30,16 +30,6 @@ class Clean:
 
 
 @pytest.fixture(scope="session")
-def prefect_api_url(prefect_harness: None) -> str:
-    """The harness's API URL, for session processes and readers outside its context."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    assert url, "the Prefect test harness set no API URL"
-    return str(url)
-
-
-@pytest.fixture(scope="session")
 def clean(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, prefect_harness: None) -> Clean:
     """Real photos with recorded edits, indexed once without interruption."""
     folder = tmp_path_factory.mktemp("resilience-photos")
