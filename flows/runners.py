@@ -23,7 +23,7 @@ def task_runner(settings: Settings) -> TaskRunner[Any]:
     """
     if settings.task_runner == "threads":
         # As many threads as run_phase keeps batches in flight.
-        return ThreadPoolTaskRunner(max_workers=max(2, settings.threads))
+        return ThreadPoolTaskRunner(max_workers=settings.batches_in_flight)
     from prefect_dask.task_runners import DaskTaskRunner
 
     if settings.dask_address:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     dask_workers: int = Field(default=2, description="Workers of the local Dask cluster")
 
     @property
+    def batches_in_flight(self) -> int:
+        """How many batches a phase keeps read or computed at once: enough to overlap
+        reading with computing on threads, two per worker on Dask."""
+        return 2 * self.dask_workers if self.task_runner == "dask" else max(2, self.threads)
+
+    @property
     def qdrant_dir(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
 

@@ -130,11 +130,6 @@ class Phase(ABC, Generic[Item, Read, Computed]):
         reason = f"{type(err).__name__}: {err}"[:500]
         return self.status(self.key(item), self.path(item), "failed", reason=reason)
 
-    def in_flight(self) -> int:
-        """How many batches may be read or computed at once."""
-        s = self.settings
-        return 2 * s.dask_workers if s.task_runner == "dask" else max(2, s.threads)
-
     def cache_key(self, batch: Sequence[Item]) -> str:
         """The persisted-result key of a batch: code, phase, model and the items' content."""
         digest = hashlib.sha256(f"{BATCH_CODE_VERSION}:{self.name}:{self.model_id}".encode())
@@ -283,7 +278,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
     first_window = True
     while queue or in_flight:
-        while queue and len(in_flight) < phase.in_flight():
+        while queue and len(in_flight) < phase.settings.batches_in_flight:
             checkpoint()
             batch = queue.pop()
             in_flight[process_batch.submit(phase, batch)] = batch
