@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +27,15 @@ from bench.common import (
     DEFAULT_CACHE,
     RssSampler,
     RunTimes,
-    clip_weights,
     configure,
     header,
     mb,
     prepare_process,
     seed_face_models,
     session_runs,
-    start_prefect,
     table,
     timed,
+    workbench,
 )
 
 MODEL_PARTS = ("CLIP forward", "face detector", "face encoder")
@@ -231,11 +229,9 @@ def main() -> None:
 
     prepare_process()
     folder = photoset.build(args.n, args.size, args.cache)
-    weights = clip_weights(args.cache)
-    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    configure(work / "bench", weights)
+    bench = workbench("e2e", args.cache, "bench")
+    work, weights, api_url = bench.work, bench.weights, bench.api_url
     seed_face_models(args.cache, work / "bench")
-    api_url, _server = start_prefect(work / "server")
     from photoindex.settings import get_settings
     from tasks.embed import clip_embedder
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,14 @@ from bench.common import (
     DEFAULT_CACHE,
     RssSampler,
     RunTimes,
-    clip_weights,
     configure,
     header,
     mb,
     prepare_process,
     seed_face_models,
     session_runs,
-    start_prefect,
     table,
+    workbench,
 )
 
 TARGET_BYTES = 3 * 2**30
@@ -125,10 +123,8 @@ def main() -> None:
     prepare_process()
     big_set = photoset.build(args.n, "small", args.cache)
     small_set = photoset.build(small_n, "small", args.cache)
-    weights = clip_weights(args.cache)
-    work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    configure(work / "bench", weights)
-    api_url, _server = start_prefect(work / "server")
+    bench = workbench("memory", args.cache, "bench")
+    work, weights, api_url = bench.work, bench.weights, bench.api_url
 
     header("memory: peak RSS of a session's process tree, big vs small")
     print(f"small: {photoset.describe(small_set)}")

@@ -18,7 +18,6 @@ Run from the repository root: `.venv/bin/python -m bench.bench_phases` (`--n 24`
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,17 +30,16 @@ from bench.common import (
     DEFAULT_CACHE,
     RssSampler,
     cached_task_runs,
-    clip_weights,
     configure,
     header,
     max_rss_self,
     mb,
     prepare_process,
     seed_face_models,
-    start_prefect,
     summary_times,
     table,
     timed,
+    workbench,
 )
 
 RUN_PHASE = "run_phase"
@@ -216,10 +214,8 @@ def main() -> None:
 
     prepare_process()
     folder = photoset.build(args.n, args.size, args.cache)
-    weights = clip_weights(args.cache)
-    work = Path(tempfile.mkdtemp(prefix="bench-phases-"))
-    configure(work / "warm", weights)
-    api_url, _server = start_prefect(work / "server")
+    bench = workbench("phases", args.cache, "warm")
+    work, weights, api_url = bench.work, bench.weights, bench.api_url
 
     from flows.detect_faces import detect_faces
     from flows.embed_images import embed_images

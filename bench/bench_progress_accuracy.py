@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,13 @@ from uuid import UUID
 from bench import photoset
 from bench.common import (
     DEFAULT_CACHE,
-    clip_weights,
     configure,
     header,
     prepare_process,
     seed_face_models,
     session_runs,
-    start_prefect,
     table,
+    workbench,
 )
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -198,10 +196,8 @@ def main() -> None:
 
     prepare_process()
     folder = photoset.build(args.n, args.size, args.cache)
-    weights = clip_weights(args.cache)
-    work = Path(tempfile.mkdtemp(prefix="bench-progress-"))
-    configure(work / "static", weights)
-    api_url, _server = start_prefect(work / "server")
+    bench = workbench("progress", args.cache, "static")
+    work, weights, api_url = bench.work, bench.weights, bench.api_url
 
     header("progress accuracy: seed weights vs calibrated weights")
     print(f"photos: {photoset.describe(folder)}")

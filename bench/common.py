@@ -111,6 +111,26 @@ def start_prefect(server_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None
     return ensure_prefect_api(settings, wait_s=180)
 
 
+@dataclasses.dataclass
+class Workbench:
+    """What every session benchmark stands on: a work folder, CLIP weights, a Prefect server."""
+
+    work: Path
+    weights: Path
+    api_url: str
+    server: subprocess.Popen[bytes] | None
+
+
+def workbench(name: str, cache: Path, data: str) -> Workbench:
+    """The set-up the session benchmarks share, in the order it needs: settings point at
+    `work/data` before anything reads them, and the server starts before prefect is imported."""
+    weights = clip_weights(cache)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    configure(work / data, weights)
+    api_url, server = start_prefect(work / "server")
+    return Workbench(work, weights, api_url, server)
+
+
 # --- process memory -------------------------------------------------------------------------
 
 
