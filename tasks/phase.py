@@ -276,16 +276,17 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     queue = list(chunks(sorted(todo, key=phase.key), phase.batch_size))
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
-    first_window = True
-    while queue or in_flight:
+
+    def fill() -> None:
         while queue and len(in_flight) < phase.settings.batches_in_flight:
             checkpoint()
             batch = queue.pop()
             in_flight[process_batch.submit(phase, batch)] = batch
             reporter.active += len(batch)
-        if first_window:  # say at once that work is in flight: the API's clock starts from it
-            reporter.publish()
-            first_window = False
+
+    fill()
+    reporter.publish()  # say at once that work is in flight: the API's clock starts from it
+    while in_flight:
         tick = time.monotonic()
         future = next(as_completed(list(in_flight)))
         batch = in_flight.pop(future)
@@ -311,6 +312,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
                 log.warning("%s %s: %s", row["status"], row["path"], row["reason"])
         processed, skipped, failed = processed + n_ok, skipped + n_skip, failed + n_fail
         reporter.advance(processed=n_ok, skipped=n_skip, failed=n_fail)
+        fill()
     reporter.finish()
     return PhaseSummary(
         phase=phase.name,
