@@ -6,7 +6,6 @@ load them. Each blocking call runs in a worker thread.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -98,19 +97,15 @@ class SessionLauncher(Protocol):
 
 
 async def launch_session(folder: Path, faces: bool) -> UUID:
-    """Start a session through the flows' `submit_session`, off the event loop."""
+    """Start a session through `photoindex.launch`, off the event loop."""
+    from photoindex.launch import submit_session
+    from tasks.lock import LibraryBusy as IndexRunning
+
     try:
-        from flows.index_photos import submit_session
-        from tasks.lock import LibraryBusy as IndexRunning
-    except ImportError as err:
-        raise LibraryUnavailable(f"The indexing flows cannot be loaded: {err}") from err
-    try:
-        if inspect.iscoroutinefunction(submit_session):
-            result: UUID = await submit_session(folder, faces)
-            return result
-        return await anyio.to_thread.run_sync(submit_session, folder, faces)
+        launched = await anyio.to_thread.run_sync(submit_session, folder, faces)
     except IndexRunning as err:
         raise LibraryBusy(str(err)) from err
+    return launched.session_id
 
 
 @dataclass
@@ -244,7 +239,7 @@ class TextSearch:
 
     def _embed(self, query: str) -> tuple[npt.NDArray[np.float32], float]:
         """The query's embedding, and the seconds spent encoding it (0 if remembered)."""
-        from tasks.embed import clip_embedder
+        from tasks.models.registry import clip_embedder
 
         with self._texts_lock:
             vector = self._texts.get(query)
@@ -262,8 +257,8 @@ class TextSearch:
         return vector, spent
 
     def _search(self, query: str, k: int) -> SearchResult:
-        from tasks.embed import clip_embedder
         from tasks.models.clip import ClipModelError
+        from tasks.models.registry import clip_embedder
         from tasks.vectors import VectorStore, VectorStoreBusy
 
         try:

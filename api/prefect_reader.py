@@ -25,6 +25,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
+    ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     ArtifactFilterType,
     FlowFilter,
@@ -48,6 +49,7 @@ from api.progress import (
     PhaseSnapshot,
     RunState,
     SessionSnapshot,
+    Timeline,
     Weights,
     compute_progress,
     face_session,
@@ -61,9 +63,10 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
+from photoindex.launch import launch_route
 from photoindex.settings import Settings, get_settings
 from tasks.control import CANCEL_TAG, PAUSE_TAG
-from tasks.progress import PHASE_ARTIFACT_KEYS, Counts
+from tasks.progress import PHASE_ARTIFACT_KEYS, SESSION_ARTIFACT_KEY, Counts
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,7 @@ def run_state(run: FlowRun) -> RunState:
         end_time=_utc(run.end_time),
         state_time=_utc(state.timestamp) if state is not None else None,
         message=state.message if state is not None else None,
+        created=_utc(run.created),
     )
 
 
@@ -313,20 +317,33 @@ class PrefectReader:
             )
         )
 
+    async def _read_session_artifact(self, session_id: UUID) -> list[Artifact]:
+        own = ArtifactFilter(
+            key=ArtifactFilterKey(any_=[SESSION_ARTIFACT_KEY]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[session_id]),
+        )
+        return await self._call(lambda c: c.read_artifacts(artifact_filter=own, limit=1))
+
     async def _phases_of(self, session_id: UUID) -> _Phases:
-        """The latest run of each phase under a session, and each one's latest artifact."""
+        """The latest run of each phase under a session, each one's latest artifact, and
+        the session's own artifact (under the key `session`)."""
         cached = self._ended.get(session_id)
         if cached is not None:
             return cached
-        children, artifacts = await asyncio.gather(
-            self._read_children(session_id), self._read_artifacts(session_id)
+        children, artifacts, own = await asyncio.gather(
+            self._read_children(session_id),
+            self._read_artifacts(session_id),
+            self._read_session_artifact(session_id),
         )
         phase_runs: dict[str, FlowRun] = {}
         for run in sorted(children, key=lambda r: _utc(r.created) or _EPOCH):
             phase = PHASE_FLOWS.get(await self._flow_name(run.flow_id))
             if phase is not None:
                 phase_runs[phase] = run
-        return phase_runs, _latest_artifacts(phase_runs, artifacts)
+        latest = _latest_artifacts(phase_runs, artifacts)
+        if own:
+            latest["session"] = own[0]
+        return phase_runs, latest
 
     async def _phases_of_run(self, parent: FlowRun) -> _Phases:
         """`_phases_of`, remembered once the session and all its phase runs have ended."""
@@ -488,7 +505,10 @@ class PrefectReader:
                     seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
                     images[phase] = images.get(phase, 0) + counts.total
         per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
-        return Calibration(per_image, used) if per_image else Calibration()
+        timeline = _timeline(previous, per_parent)
+        if not per_image:
+            return Calibration(timeline=timeline)
+        return Calibration(per_image, used, timeline)
 
     async def snapshot(self, session_id: UUID) -> tuple[SessionSnapshot, Weights, _Raw]:
         """The session as the calculation sees it, with its fixed weights."""
@@ -518,6 +538,8 @@ class PrefectReader:
             pause_requested=PAUSE_TAG in raw.parent.tags,
             cancel_requested=CANCEL_TAG in raw.parent.tags,
             floor_percentage=self._floors.get(session_id, 0.0),
+            session=_counts(raw.artifacts.get("session")),
+            launch=launch_route(raw.parent.tags),
         )
 
     def _progress(self, raw: _Raw, weights: Weights) -> UnifiedProgressResponse:
@@ -654,6 +676,52 @@ class PrefectReader:
             "Session cancelled." if force else "Cancel requested: the session stops at its "
             "next checkpoint.",
         )
+
+
+def _timeline(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Timeline | None:
+    """Start-up (per launch route), overheads and unit costs measured on finished sessions.
+
+    Each session's time is cut where its phases say work began (`work_started`, the first
+    batch in flight) and where each phase run ended; sessions whose artifacts predate
+    these counts are left out.
+    """
+    startup: dict[str, list[float]] = {}
+    overhead: dict[str, list[float]] = {}
+    spent: dict[str, float] = {}
+    units: dict[str, float] = {}
+    used = 0
+    for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
+        created, end = _utc(parent.created), _utc(parent.end_time)
+        embed = _counts(artifacts.get("training"))
+        if created is None or end is None or embed is None or embed.todo < 0:
+            continue
+        used += 1
+        segment_start = created.timestamp()
+        for key in PHASES:
+            run, counts = runs.get(key), _counts(artifacts.get(key))
+            run_end = _utc(run.end_time) if run is not None else None
+            if run is None or run_end is None or counts is None:
+                break
+            last = key == PHASES[-1] or PHASES[PHASES.index(key) + 1] not in runs
+            stop = end.timestamp() if last else run_end.timestamp()
+            began = counts.work_started if counts.work_started > 0 else stop
+            bucket = startup.setdefault(launch_route(parent.tags), []) if key == "training" else (
+                overhead.setdefault(key, [])
+            )
+            bucket.append(max(0.0, began - segment_start))
+            n = embed.total if key == "clustering" else counts.todo
+            if counts.work_started > 0 and n > 0:
+                spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
+                units[key] = units.get(key, 0.0) + n
+            segment_start = run_end.timestamp()
+    if not used or not startup:
+        return None
+    return Timeline(
+        startup_s={route: sum(v) / len(v) for route, v in startup.items()},
+        overhead_s={key: sum(v) / len(v) for key, v in overhead.items()},
+        per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
+        sessions=used,
+    )
 
 
 def _opt_str(value: object) -> str | None:

@@ -26,7 +26,7 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
-from tasks.progress import Counts
+from tasks.progress import STAGES, Counts
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class RunState:
     end_time: datetime | None = None
     state_time: datetime | None = None
     message: str | None = None
+    created: datetime | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -88,11 +89,38 @@ class PhaseSnapshot:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """A session's time, measured on sessions finished earlier, in the parts it is made of.
+
+    Start-up runs from the session's creation to the embed phase's first batch in flight
+    (process start, imports, model load, discovery and hashing); it differs by launch
+    route (a warm indexer or a new process), so it is kept per route. Each later phase
+    has an overhead (from the previous phase's end to its first batch) and then a cost
+    per unit of work: a photo to do for embed and faces, a library photo for clustering.
+    """
+
+    startup_s: Mapping[str, float]
+    overhead_s: Mapping[str, float]
+    per_unit_s: Mapping[str, float]
+    sessions: int = 0
+
+    def startup(self, route: str) -> tuple[float, str]:
+        """Start-up seconds for a route, and the route they were measured on."""
+        if route in self.startup_s:
+            return self.startup_s[route], route
+        if not self.startup_s:
+            return 0.0, ""
+        other = max(self.startup_s, key=lambda r: self.startup_s[r])
+        return self.startup_s[other], other
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Measured seconds per session image of each phase, from sessions finished earlier."""
 
     seconds_per_image: Mapping[str, float] = field(default_factory=dict)
     sessions: int = 0
+    timeline: Timeline | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,8 @@ class Weights:
     source: str
     seconds_per_image: Mapping[str, float] = field(default_factory=dict)
     """Calibrated seconds per image, only for phases that have history."""
+    timeline: Timeline | None = None
+    """Measured start-up, overheads and unit costs: the percentage then follows time."""
 
     def schema(self) -> PhaseWeights:
         return PhaseWeights(
@@ -129,6 +159,10 @@ class SessionSnapshot:
     cancel_requested: bool = False
     floor_percentage: float = 0.0
     """The highest percentage reported earlier for this session; never go below it."""
+    session: Counts | None = None
+    """The session's own artifact: the launcher's fast count of photos, and the stage."""
+    launch: str = ""
+    """How the session was started (warm, cold, deployment): start-up costs differ."""
 
     def phase(self, key: str) -> PhaseSnapshot:
         return self.phases.get(key) or PhaseSnapshot()
@@ -138,9 +172,18 @@ def session_weights(calibration: Calibration, faces: bool) -> Weights:
     """Weights for a session: calibrated per-image costs when known, else the seed's."""
     active = [p for p in PHASES if faces or p == "training"]
     measured = {p: s for p, s in calibration.seconds_per_image.items() if p in active and s > 0}
+    timeline = calibration.timeline
+    if timeline is not None and not all(p in timeline.per_unit_s for p in active):
+        timeline = None  # a phase never measured: its time cannot be told
     if not measured:
         total = sum(SEED_WEIGHTS[p] for p in active)
         shares = {p: (SEED_WEIGHTS[p] / total if p in active else 0.0) for p in PHASES}
+        if timeline is not None:
+            plural = "s" if timeline.sessions != 1 else ""
+            return Weights(
+                shares, f"calibrated from {timeline.sessions} session{plural}, with start-up",
+                timeline=timeline,
+            )  # fmt: skip
         source = "seed-default" if faces else "seed-default, renormalised without face phases"
         return Weights(shares, source)
     anchor = "training" if "training" in measured else next(iter(measured))
@@ -156,7 +199,11 @@ def session_weights(calibration: Calibration, faces: bool) -> Weights:
         source += f" ({', '.join(derived)} from seed ratios)"
     if not faces:
         source += ", without face phases"
-    return Weights(shares, source, measured)
+    if derived:
+        timeline = None
+    if timeline is not None:
+        source += ", with start-up"
+    return Weights(shares, source, measured, timeline)
 
 
 def _phase_status(
@@ -393,6 +440,101 @@ def _secs(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
+@dataclass(frozen=True)
+class _Timed:
+    """Progress by the measured timeline: each phase's fraction, share and time left."""
+
+    fractions: Mapping[str, float]
+    shares: Mapping[str, float]
+    eta_s: float | None
+
+
+def _units(key: str, snap: SessionSnapshot) -> int | None:
+    """A phase's units of work: photos to do for embed and faces, library photos for
+    clustering; from the phase's own counts, else from earlier ones or the fast scan."""
+    embed, session = snap.phase("training").counts, snap.session
+    own = snap.phase(key).counts
+    if key == "clustering":
+        if embed is not None and embed.total > 0:
+            return embed.total
+        return session.total if session is not None else None
+    if own is not None and own.todo >= 0:
+        return own.todo
+    if key == "faceDetection":
+        return _units("training", snap)
+    return session.todo if session is not None and session.todo >= 0 else None
+
+
+def _segment_start(key: str, snap: SessionSnapshot) -> datetime | None:
+    """When a phase's part of the timeline began: the session's creation for the first,
+    the end of the phase before it for the others."""
+    if key == "training":
+        return snap.parent.created or snap.parent.start_time
+    before = PHASES[PHASES.index(key) - 1]
+    run = snap.phase(before).run
+    return run.end_time if run is not None else None
+
+
+def _timed(
+    snap: SessionSnapshot, timeline: Timeline, statuses: Mapping[str, PhaseStatus]
+) -> _Timed | None:
+    """Progress by the clock along the calibrated timeline, never past the work counted
+    (finished or in flight); None while the photo count is not known yet."""
+    expected: dict[str, float] = {}
+    fractions: dict[str, float] = {}
+    left: dict[str, float] = {}
+    for key in PHASES:
+        if statuses[key] == "skipped" and (key != "training" and not snap.faces):
+            expected[key], fractions[key], left[key] = 0.0, 1.0, 0.0
+            continue
+        units = _units(key, snap)
+        if units is None:
+            return None
+        overhead = (
+            timeline.startup(snap.launch)[0] if key == "training"
+            else timeline.overhead_s.get(key, 0.0)
+        )  # fmt: skip
+        work = timeline.per_unit_s.get(key, 0.0) * units
+        total = max(overhead + work, 1e-6)
+        expected[key] = total
+        counts, start = snap.phase(key).counts, _segment_start(key, snap)
+        if statuses[key] in _DONE:
+            fractions[key], left[key] = 1.0, 0.0
+        elif start is None:
+            fractions[key], left[key] = 0.0, total
+        elif counts is not None and counts.work_started > 0:
+            todo = max(1, counts.todo)
+            done = min(1.0, counts.fresh / todo)
+            in_flight = min(1.0, (counts.fresh + counts.active) / todo)
+            by_clock = (snap.now.timestamp() - counts.work_started) / work if work > 0 else 1.0
+            share = max(done, min(by_clock, in_flight))
+            fractions[key] = (overhead + work * share) / total
+            rate_left = (
+                max(0, counts.todo - counts.fresh) * 60.0 / counts.per_minute
+                if counts.per_minute > 0 and counts.fresh > 0 else None
+            )  # fmt: skip
+            left[key] = rate_left if rate_left is not None else work * (1.0 - share)
+        else:
+            elapsed = max(0.0, (snap.now - start).total_seconds())
+            fractions[key] = min(elapsed, overhead) / total
+            left[key] = max(0.0, overhead - elapsed) + work
+    whole = sum(expected.values()) or 1.0
+    shares = {key: expected[key] / whole for key in PHASES}
+    return _Timed(fractions, shares, sum(left.values()))
+
+
+def _stage_message(snap: SessionSnapshot) -> str | None:
+    """What the session does before its first photos are in flight, in words."""
+    counts = snap.phase("training").counts
+    if counts is not None:
+        return STAGES.get(counts.stage) or None
+    if snap.session is not None:
+        if snap.parent.state_type not in {SCHEDULED, PENDING} and snap.session.stage == "queued":
+            return STAGES["starting"]  # claimed by a warm indexer, which says no more
+        return STAGES.get(snap.session.stage) or None
+    return None
+
+
 def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgressResponse:
     """The unified progress of a session: statuses, weighted percentage, ETA and warnings."""
     warnings: list[str] = []
@@ -440,13 +582,31 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
         warnings.append(f"The session failed: {snap.parent.message}")
 
     stats = {key: _stats(key, statuses[key], snap, weights) for key in PHASES}
-    raw = sum(weights.shares[key] * stats[key].percentage for key in PHASES)
+    timed = (
+        _timed(snap, weights.timeline, statuses) if weights.timeline is not None else None
+    )
+    shares = weights.shares
+    if timed is not None:
+        shares = timed.shares
+        for key in PHASES:
+            if statuses[key] not in {"failed", "cancelled"}:
+                stats[key].percentage = round(100.0 * min(1.0, timed.fractions[key]), 2)
+        if statuses["training"] not in {"failed", "cancelled", "completed"}:
+            stage = _stage_message(snap)
+            if stage:
+                messages.setdefault("training", stage)
+    raw = sum(shares[key] * stats[key].percentage for key in PHASES)
     if overall_status == "completed":
         percentage = 100.0
     else:
         percentage = min(round(raw, 2), 99.99)
         percentage = max(percentage, min(snap.floor_percentage, 99.99))
-    eta = _eta(snap, weights, statuses, stats, warnings) if overall_status == "running" else None
+    live = overall_status in {"running", "pending"}
+    if timed is not None and timed.eta_s is not None and live:
+        eta: int | None = int(round(timed.eta_s))
+    else:
+        running = overall_status == "running"
+        eta = _eta(snap, weights, statuses, stats, warnings) if running else None
     if overall_status == "completed":
         eta = 0
 
@@ -457,7 +617,7 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
             progress=stats[key],
             started_at=_run(snap, key).start_time,
             completed_at=_run(snap, key).end_time if statuses[key] in _ENDED else None,
-            message=messages.get(key) if statuses[key] == "failed" else None,
+            message=messages.get(key),
         )
         for key in PHASES
     }
@@ -479,7 +639,11 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
             faceDetection=phases["faceDetection"],
             clustering=phases["clustering"],
         ),
-        weights=weights.schema(),
+        weights=PhaseWeights(
+            training=round(shares["training"], 4),
+            faceDetection=round(shares["faceDetection"], 4),
+            clustering=round(shares["clustering"], 4),
+        ),
         weights_source=weights.source,
         warnings=warnings,
         updated_at=max(known) if known else None,

@@ -202,7 +202,7 @@ def _archive_photos(fetch: bool) -> dict[str, tuple[str, Pixels]]:
 def real_faces(archives: bool = True, fetch: bool = True) -> RealFaces:
     """Embed every real person's face in every real photo and each of its recorded edits."""
     from photoindex.settings import get_settings
-    from tasks.faces import face_analyzer
+    from tasks.models.registry import face_analyzer
     from tests.photos import real_photos
 
     analyzer = face_analyzer(get_settings())

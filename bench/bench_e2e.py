@@ -60,8 +60,9 @@ def measure_limit(paths: list[str]) -> Limit:
 
     from photoindex.settings import get_settings
     from tasks.decode import decode_image
-    from tasks.embed import EmbedPhase, clip_embedder
-    from tasks.faces import FacesPhase, face_analyzer
+    from tasks.embed import EmbedPhase
+    from tasks.faces import FacesPhase
+    from tasks.models.registry import clip_embedder, face_analyzer
 
     settings = get_settings()
     model = clip_embedder(settings)
@@ -120,7 +121,7 @@ def _du(path: Path) -> int:
 
 def run_session(folder: Path, data_dir: Path, weights: Path, cache: Path) -> Session:
     """Create the session and run it in its own process, as `photoindex index` does."""
-    from flows.index_photos import create_session, start_session_process
+    from photoindex.launch import create_session, start_session_process
 
     configure(data_dir, weights)
     seed_face_models(cache, data_dir)  # converting the face models is a one-time install step
@@ -233,7 +234,7 @@ def main() -> None:
     work, weights, api_url = bench.work, bench.weights, bench.api_url
     seed_face_models(args.cache, work / "bench")
     from photoindex.settings import get_settings
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
 
     header("end to end: a full session vs the model-only limit")
     print(f"photos: {photoset.describe(folder)}")

@@ -63,7 +63,7 @@ def _du(path: Path) -> int:
 
 def run_session(folder: Path, n: int, data_dir: Path, weights: Path, cache: Path) -> Session:
     """Run one session in its own process and sample its process tree's RSS."""
-    from flows.index_photos import create_session, start_session_process
+    from photoindex.launch import create_session, start_session_process
 
     configure(data_dir, weights)
     seed_face_models(cache, data_dir)

@@ -71,7 +71,7 @@ def bare_embed(paths: Sequence[str], batch: int, max_side: int | None) -> Run:
 
     from photoindex.settings import get_settings
     from tasks.decode import decode_image
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
 
     model = clip_embedder(get_settings())
     parts: dict[str, float] = {}
@@ -94,7 +94,7 @@ def bare_faces(paths: Sequence[str], max_side: int | None) -> Run:
 
     from photoindex.settings import get_settings
     from tasks.decode import decode_image
-    from tasks.faces import face_analyzer
+    from tasks.models.registry import face_analyzer
 
     analyzer = face_analyzer(get_settings())
     parts: dict[str, float] = {}
@@ -118,8 +118,8 @@ def run_flow(
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
     from photoindex.settings import get_settings
-    from tasks.embed import clip_embedder
-    from tasks.faces import FacesPhase, face_analyzer
+    from tasks.faces import FacesPhase
+    from tasks.models.registry import clip_embedder, face_analyzer
     from tasks.vectors import close_clients
 
     configure(data_dir, Path(get_settings().clip_pretrained))
@@ -220,8 +220,9 @@ def main() -> None:
     from flows.detect_faces import detect_faces
     from flows.embed_images import embed_images
     from photoindex.settings import get_settings
-    from tasks.embed import EmbedPhase, clip_embedder
+    from tasks.embed import EmbedPhase
     from tasks.faces import FacesPhase
+    from tasks.models.registry import clip_embedder
 
     header("phase throughput vs the bare model loop")
     settings = get_settings()

@@ -131,13 +131,13 @@ def run_session(
     label: str, folder: Path, data_dir: Path, weights: Path, cache: Path, period_s: float
 ) -> Outcome:
     """Submit a session as the API does and sample its progress until it ends."""
-    from flows.index_photos import submit_session
+    from photoindex.launch import submit_session
 
     configure(data_dir, weights)
     seed_face_models(cache, data_dir)  # a one-time install step, not part of a session
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(data_dir / "results")
     submitted = time.time()
-    session_id = submit_session(folder.resolve(), faces=True)
+    session_id = submit_session(folder.resolve(), faces=True).session_id
     samples = asyncio.run(_sample(session_id, period_s, timeout_s=3600))
     if samples[-1].status != "completed":
         raise RuntimeError(f"session {session_id} ended {samples[-1].status}")

@@ -110,7 +110,7 @@ def texts(n: int, seed: int) -> list[str]:
 def build_library(data_dir: Path, tiny: bool, n: int, cache: Path) -> Settings:
     """Settings for a data folder holding n random unit vectors; and the insert seconds."""
     from photoindex.settings import Settings
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients
 
     if tiny:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.cluster import ClusterPhase
 from tasks.phase import PhaseSummary, run_phase
 
 
 @flow(name="cluster-faces", flow_run_name="cluster faces")
 def cluster_faces() -> PhaseSummary:
     """Cluster every face of the current face model into persons."""
+    from tasks.cluster import ClusterPhase  # its libraries load with the phase
+
     return run_phase(ClusterPhase())
 
 

@@ -1,23 +1,17 @@
-"""Start index-photos through its deployment, so a worker runs it; the deploy-time step."""
+"""The `index-photos` deployment: whether a worker serves it, and the deploy-time step."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import WorkPoolStatus
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 
 logger = logging.getLogger(__name__)
 
-FLOW_NAME = "index-photos"
-DEPLOYMENT = "index-photos"
-# `flow/deployment`, as prefect.yaml names it.
-DEPLOYMENT_NAME = f"{FLOW_NAME}/{DEPLOYMENT}"
 ENTRYPOINT_FILE = "flows/index_photos.py"
 
 
@@ -25,36 +19,7 @@ class DeployConfigError(ValueError):
     """`prefect deploy` was run from the wrong folder or without a library to schedule."""
 
 
-async def submit_via_deployment(
-    folder: Path, faces: bool, *, name: str = DEPLOYMENT_NAME
-) -> UUID | None:
-    """Start a run of the deployment for `folder` and return its id; None if none can run it.
-
-    None means: no such deployment on the current Prefect API, or no worker is polling its
-    work pool (a run there would wait for ever). The caller then runs the session itself.
-    """
-    async with get_client() as client:
-        try:
-            deployment = await client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            logger.info("no deployment %s on this Prefect API", name)
-            return None
-        if not await _worker_online(client, deployment):
-            return None
-        from flows.index_photos import session_name
-
-        run = await arun_deployment(
-            deployment.id,
-            client=client,
-            parameters={"folder": str(folder), "faces": faces},
-            flow_run_name="index " + session_name(str(folder)),
-            timeout=0,
-            as_subflow=False,
-        )
-    return run.id
-
-
-async def _worker_online(client: PrefectClient, deployment: DeploymentResponse) -> bool:
+async def worker_online(client: PrefectClient, deployment: DeploymentResponse) -> bool:
     """Whether a worker polls the deployment's work pool (Prefect marks the pool READY)."""
     pool_name = deployment.work_pool_name
     if pool_name is None:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.faces import FacesPhase
 from tasks.phase import PhaseSummary, run_phase
 
 
 @flow(name="detect-faces", flow_run_name="faces {folder}")
 def detect_faces(folder: str) -> PhaseSummary:
     """Find and embed the faces in every photo under `folder`."""
+    from tasks.faces import FacesPhase  # its libraries load with the phase
+
     return run_phase(FacesPhase(Path(folder)))
 
 

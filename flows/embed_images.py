@@ -6,13 +6,14 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.embed import EmbedPhase
 from tasks.phase import PhaseSummary, run_phase
 
 
 @flow(name="embed-images", flow_run_name="embed {folder}")
 def embed_images(folder: str) -> PhaseSummary:
     """Embed every photo under `folder` with CLIP and store the vectors."""
+    from tasks.embed import EmbedPhase  # its libraries load with the phase
+
     return run_phase(EmbedPhase(Path(folder)))
 
 

@@ -148,27 +148,43 @@ def index(
     if not folder.is_dir():
         raise fail(f"folder not found: {folder}")
     settings = get_settings()
-    from tasks.lock import busy_message, library_holder
+    from tasks.lock import LibraryBusy, busy_message, library_holder
 
     holder = library_holder(settings)
     if holder is not None:
         raise fail(busy_message(holder, settings), 1)
     api_url = _prefect(settings)
-    from flows.index_photos import create_session, start_session_process
+    from photoindex.launch import submit_session
 
-    session_id = asyncio.run(create_session(folder.resolve(), faces=not no_faces))
-    proc = start_session_process(session_id)
-    console.print(f"session [bold]{session_id}[/bold] — Prefect UI: {ui_url(api_url)}")
+    try:
+        launched = submit_session(folder, faces=not no_faces, settings=settings)
+    except LibraryBusy as e:
+        raise fail(str(e), 1) from e
+    session_id, proc = launched.session_id, launched.process
+    how = "warm indexer" if launched.route == "warm" else f"{launched.route} start"
+    console.print(
+        f"session [bold]{session_id}[/bold] ({how}) — Prefect UI: {ui_url(api_url)}"
+    )
     if detach:
         return
     try:
         progress = watch_session(session_id, runner=proc)
     except KeyboardInterrupt:
-        proc.terminate()
+        if proc is not None:
+            proc.terminate()
+        else:
+            from api.prefect_reader import default_reader
+
+            async def cancel() -> None:
+                async with default_reader().connected() as reader:
+                    await reader.cancel(session_id)
+
+            asyncio.run(cancel())
         raise fail(
             "interrupted; the session was stopped and can be resumed by re-running", 130
         ) from None
-    proc.wait()
+    if proc is not None:
+        proc.wait()
     _report(progress)
     _print_catalog_summary(settings)
     if progress.overall_status != "completed":
@@ -211,8 +227,8 @@ def search(
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
 ) -> None:
     """Find the photos that best match TEXT."""
-    from tasks.embed import clip_embedder
     from tasks.models.clip import ClipWeightsError
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, VectorStoreBusy
 
     settings = get_settings()
@@ -271,6 +287,14 @@ def check() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the API and progress page.")] = 8000,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--no-warm",
+            help="Keep a warm indexer with the models loaded, so sessions start in about "
+            "a second (costs about 1 GB of memory while models are loaded).",
+        ),
+    ] = True,
 ) -> None:
     """Serve the REST API and progress page, with the local Prefect server."""
     import uvicorn
@@ -278,10 +302,27 @@ def serve(
     settings = get_settings()
     api_url = _prefect(settings)
     console.print(f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}")
+    if warm:
+        from photoindex.indexer import start_indexer
+
+        start_indexer(settings)
     from api.app import create_app
 
     app_settings = settings.model_copy(update={"prefect_api_url": api_url})
     uvicorn.run(create_app(app_settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def indexer() -> None:
+    """Run a warm indexer for the data folder: models stay loaded, sessions start at once.
+
+    `photoindex serve` runs one for you; `photoindex index` uses one when it answers.
+    """
+    from photoindex.indexer import WarmIndexer
+
+    settings = get_settings()
+    _prefect(settings)
+    WarmIndexer(settings).serve_forever()
 
 
 def main() -> None:

@@ -1,33 +1,68 @@
-"""Run one created session: `python -m photoindex.runner SESSION_ID`."""
+"""Run one created session: `python -m photoindex.runner SESSION_ID` (the cold route).
+
+Its first act, before anything heavy is imported (the flows import torch, open_clip,
+onnxruntime and hdbscan only in the phase that needs each), is to claim the run: a
+session cancelled before it started is never run, and one that starts reads Running at
+once, with its stage in the session's artifact.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun
-from prefect.flow_engine import run_flow
+if TYPE_CHECKING:
+    from prefect.client.schemas.responses import OrchestrationResult
 
 logger = logging.getLogger(__name__)
 
 
-async def _read(session_id: UUID) -> FlowRun:
-    async with get_client() as client:
-        return await client.read_flow_run(session_id)
+def claim(session_id: UUID) -> bool:
+    """Move a created session to Running; False if it must not run (cancelled, or taken)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Running
+
+    from tasks.control import CANCEL_TAG
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(session_id)
+        if run.state_type not in {StateType.PENDING, StateType.SCHEDULED} or CANCEL_TAG in run.tags:
+            logger.warning("session %s is %s: not running it", session_id, run.state_type)
+            return False
+        result: OrchestrationResult[Any] = client.set_flow_run_state(session_id, Running())
+    accepted = result.state is not None and result.state.type == StateType.RUNNING
+    if not accepted:
+        logger.warning("session %s could not start: %s", session_id, result.details)
+    return accepted
 
 
-def main(argv: list[str]) -> int:
-    """Execute the parent flow run whose id is given."""
+def run_session(session_id: UUID) -> bool:
+    """Execute a claimed session's parent flow here; True when it completed."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
     from flows.index_photos import index_photos
 
-    flow_run = asyncio.run(_read(UUID(argv[0])))
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(session_id)
     state = run_flow(
         index_photos, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
     )
-    return 0 if getattr(state, "is_completed", lambda: False)() else 1
+    return bool(getattr(state, "is_completed", lambda: False)())
+
+
+def main(argv: list[str]) -> int:
+    """Claim, then run, the session whose id is given."""
+    from tasks.progress import publish_session
+
+    session_id = UUID(argv[0])
+    if not claim(session_id):
+        return 1
+    publish_session(session_id, stage="starting")
+    return 0 if run_session(session_id) else 1
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default=None, description="An existing Dask scheduler; unset = a local cluster"
     )
     dask_workers: int = Field(default=2, description="Workers of the local Dask cluster")
+    model_idle_s: float = Field(
+        default=300.0,
+        description="The warm indexer unloads models idle this long (0 = never), as Immich does",
+    )
 
     @property
     def batches_in_flight(self) -> int:

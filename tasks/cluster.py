@@ -20,7 +20,7 @@ from scipy.sparse import csgraph
 
 from photoindex.settings import Settings
 from tasks.catalog import now_utc
-from tasks.faces import face_analyzer
+from tasks.models.registry import face_analyzer
 from tasks.phase import BatchOutcome, Phase, Rejection
 
 logger = logging.getLogger(__name__)

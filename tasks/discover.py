@@ -286,3 +286,23 @@ def discover_images(
     refs.sort(key=lambda ref: os.fsencode(ref.path))
     rejected.sort(key=lambda rej: os.fsencode(rej.path))
     return refs, rejected
+
+
+def count_photos(
+    folder: Path, known: Mapping[str, tuple[int, float, str]] | None = None
+) -> tuple[int, int]:
+    """A fast estimate before any hashing: (photo files, those new or changed since the
+    last scan), by name, size and mtime alone. Sessions report it within a second."""
+    root = os.fspath(folder)
+    walk = _Walk()
+    walk.run(root, os.stat(root))
+    photos = new = 0
+    for candidate in walk.files.values():
+        if os.path.splitext(candidate.path)[1].lower() not in IMAGE_EXTENSIONS:
+            continue
+        photos += 1
+        previous = (known or {}).get(candidate.path)
+        st = candidate.st
+        if previous is None or previous[0] != st.st_size or previous[1] != st.st_mtime:
+            new += 1
+    return photos, new

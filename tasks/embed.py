@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,9 @@ from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.discover import ImageRef
 from tasks.images import ImagePhase
-from tasks.models.clip import ClipEmbedder
+from tasks.models.registry import clip_embedder
 from tasks.phase import BatchOutcome
 from tasks.vectors import VectorStore
-
-
-@lru_cache(maxsize=4)
-def _embedder(model: str, pretrained: str, config: Path | None, threads: int) -> ClipEmbedder:
-    return ClipEmbedder(model_name=model, pretrained=pretrained, config=config, threads=threads)
-
-
-def clip_embedder(settings: Settings) -> ClipEmbedder:
-    """One CLIP model per process and model setting; loaded on first use."""
-    return _embedder(
-        settings.clip_model, settings.clip_pretrained, settings.clip_config, settings.threads
-    )
 
 
 @dataclass
@@ -70,6 +57,9 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
     @property
     def model_id(self) -> str:
         return self.model.model_id
+
+    def prepare(self) -> None:
+        self.model.load()
 
     def read(self, batch: Sequence[ImageRef]) -> Prepared:
         self.model.load()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +15,9 @@ from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.discover import ImageRef
 from tasks.images import ImagePhase
-from tasks.models.faces import Face, FaceAnalyzer
+from tasks.models.faces import Face
+from tasks.models.registry import face_analyzer
 from tasks.phase import BatchOutcome
-
-
-@lru_cache(maxsize=4)
-def _analyzer(
-    detector: Path | None,
-    encoder: Path | None,
-    pack: Path | None,
-    models_dir: Path,
-    det_size: int,
-    threshold: float,
-    threads: int,
-) -> FaceAnalyzer:
-    return FaceAnalyzer(
-        detector_path=detector,
-        encoder_path=encoder,
-        pack_dir=pack,
-        models_dir=models_dir,
-        det_size=det_size,
-        det_threshold=threshold,
-        threads=threads,
-    )
-
-
-def face_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyzer:
-    """One face analyzer per process and model setting; loaded on first use."""
-    return _analyzer(
-        settings.face_detector,
-        settings.face_encoder,
-        settings.face_pack,
-        settings.models_dir,
-        settings.face_det_size,
-        settings.face_det_threshold,
-        settings.threads if threads is None else threads,
-    )
 
 
 def face_id(sha256: str, model: str, index: int) -> str:
@@ -90,6 +56,9 @@ class FacesPhase(ImagePhase[Loaded, Found]):
     @property
     def model_id(self) -> str:
         return self.analyzer.model_id
+
+    def prepare(self) -> None:
+        self.analyzer.load()
 
     def read(self, batch: Sequence[ImageRef]) -> Loaded:
         photos: list[tuple[ImageRef, np.ndarray, float]] = []

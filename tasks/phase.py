@@ -26,7 +26,7 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 
 from photoindex.settings import Settings, get_settings
-from tasks.catalog import Catalog, chunks, status_row
+from tasks.catalog import Catalog, status_row
 from tasks.control import checkpoint
 from tasks.progress import ProgressReporter
 
@@ -151,6 +151,13 @@ class Phase(ABC, Generic[Item, Read, Computed]):
         """Status rows for done items found under a new path (moved, not changed)."""
         return []
 
+    def prepare(self) -> None:
+        """Get ready to compute (load the model) before the first batch, when there is work.
+
+        Loading here rather than inside the first batch makes start-up end where the
+        progress says it does, and lets the first batch finish at the steady pace.
+        """
+
 
 #: Bump when what a batch computes changes, so persisted batch results are not reused.
 BATCH_CODE_VERSION = "1"
@@ -206,6 +213,19 @@ def write_batch(phase: Phase[Any, Any, Any], computed: Any) -> BatchOutcome:
     return phase.write(computed)
 
 
+def ramped_chunks(items: Sequence[Item], size: int) -> list[list[Item]]:
+    """Batches of `size`, the first ones smaller (1, 2, 4, ...): the first results come
+    within one photo's time, not one full batch's, and the pace is steady from there."""
+    out: list[list[Item]] = []
+    start, step = 0, 1
+    while start < len(items):
+        n = min(step, size)
+        out.append(list(items[start : start + n]))
+        start += n
+        step *= 2
+    return out
+
+
 def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
     """Run a phase over its work: the shared loop of batching, progress and resume.
 
@@ -216,7 +236,9 @@ def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
     """
     started = time.monotonic()
     # The artifact exists before discovery, so a long scan reads as alive, not stalled.
-    reporter = ProgressReporter(phase.name, total=0, interval_s=phase.settings.progress_interval_s)
+    reporter = ProgressReporter(
+        phase.name, total=0, interval_s=phase.settings.progress_interval_s, stage="scanning"
+    )
     reporter.start()
     try:
         return _run(phase, reporter, started)
@@ -247,7 +269,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     new_rejects = [r for r in rejected if r.key not in done]
     reused = len(items) + len(rejected) - len(todo) - len(new_rejects)
     total = len(items) + len(rejected)
-    reporter.total, reporter.current = total, reused
+    reporter.total, reporter.current, reporter.todo = total, reused, len(todo) + len(new_rejects)
     reporter.publish()
     log.info(
         "%s: %d items, %d already done (%d moved), %d to do, %d rejected",
@@ -273,7 +295,10 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
 
     processed = skipped = failed = ok_batches = failed_batches = 0
     wait_s = write_s = 0.0
-    queue = list(chunks(sorted(todo, key=phase.key), phase.batch_size))
+    if todo and phase.settings.task_runner == "threads":  # Dask workers load their own
+        reporter.set_stage("loading")
+        phase.prepare()
+    queue = ramped_chunks(sorted(todo, key=phase.key), phase.batch_size)
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 
@@ -284,6 +309,8 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             in_flight[process_batch.submit(phase, batch)] = batch
             reporter.active += len(batch)
 
+    if queue:
+        reporter.begin_work()
     fill()
     reporter.publish()  # say at once that work is in flight: the API's clock starts from it
     while in_flight:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -16,6 +16,18 @@ PHASE_ARTIFACT_KEYS = {
     "embed": "photoindex-embed",
     "faces": "photoindex-faces",
     "cluster": "photoindex-cluster",
+}
+#: The session's own artifact, on the parent run: what the launcher's fast scan found and
+#: what the session does before its first phase has work in flight.
+SESSION_ARTIFACT_KEY = "photoindex-session"
+
+#: What a session or phase is doing before its items are in flight, as the API says it.
+STAGES = {
+    "queued": "Waiting for the session process to start",
+    "starting": "Starting the session",
+    "scanning": "Finding and hashing new photos",
+    "loading": "Loading the model (its libraries too, the first time in a process)",
+    "working": "",
 }
 
 
@@ -31,6 +43,9 @@ class Counts:
     done: bool = False
     active: int = 0  # items being read or computed now (in batches in flight)
     fresh: int = 0  # items this run did itself, not reused from earlier runs
+    todo: int = -1  # items this run has to do itself (-1: not known yet)
+    work_started: float = 0.0  # epoch seconds when its first batch went in flight (0: not yet)
+    stage: str = "working"  # a key of STAGES
 
     @property
     def percentage(self) -> float:
@@ -45,7 +60,8 @@ class Counts:
         return (
             f"current={self.current} total={self.total} skipped={self.skipped} "
             f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)} "
-            f"active={self.active} fresh={self.fresh}"
+            f"active={self.active} fresh={self.fresh} todo={self.todo} "
+            f"work_started={self.work_started:.3f} stage={self.stage}"
         )
 
     @classmethod
@@ -64,6 +80,9 @@ class Counts:
                 done=pairs.get("done", "0") == "1",
                 active=int(pairs.get("active", 0)),
                 fresh=int(pairs.get("fresh", 0)),
+                todo=int(pairs.get("todo", -1)),
+                work_started=float(pairs.get("work_started", 0.0)),
+                stage=pairs.get("stage", "working") if pairs.get("stage") in STAGES else "working",
             )
         except (KeyError, ValueError):
             return None
@@ -87,6 +106,9 @@ class ProgressReporter:
     skipped: int = 0
     failed: int = 0
     active: int = 0
+    todo: int = -1
+    stage: str = "working"
+    work_started: float = 0.0
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
@@ -145,7 +167,21 @@ class ProgressReporter:
             done,
             0 if done else self.active,
             self._work_done,
+            self.todo,
+            self.work_started,
+            "working" if done else self.stage,
         )
+
+    def set_stage(self, stage: str) -> None:
+        """Say what the phase does before its items are in flight, and publish it now."""
+        self.stage = stage
+        self.publish()
+
+    def begin_work(self) -> None:
+        """The first batch is in flight: start-up has ended (the API's clock starts here)."""
+        if not self.work_started:
+            self.work_started = time.time()
+        self.stage = "working"
 
     def rate(self) -> float:
         """Items per minute at the pace the work goes now: after the first items finished,
@@ -183,3 +219,46 @@ class ProgressReporter:
         self.stop()
         self.current = max(self.current, self.total)
         self.publish(done=True)
+
+
+def publish_session(session_id: UUID, counts: Counts | None = None, stage: str = "") -> None:
+    """Create a session's own artifact (on its parent run) with `counts`, or move an
+    existing one to `stage`, from any process.
+
+    The launcher writes what its fast scan found (photos, new ones) as the session is
+    created; the session process updates the stage until its first phase reports.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    wanted = ArtifactFilter(
+        key=ArtifactFilterKey(any_=[SESSION_ARTIFACT_KEY]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[session_id]),
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=wanted, limit=1)
+            if found:
+                old = Counts.parse(found[0].description) or Counts(0, 0)
+                new = counts or replace(old, stage=stage or old.stage)
+                update = ArtifactUpdate(data=new.percentage, description=new.describe())
+                client.update_artifact(found[0].id, update)
+                return
+            if counts is None:
+                return  # nothing to say yet: the launcher creates it with the counts
+            client.create_artifact(
+                ArtifactCreate(
+                    key=SESSION_ARTIFACT_KEY,
+                    type="progress",
+                    data=counts.percentage,
+                    description=counts.describe(),
+                    flow_run_id=session_id,
+                )
+            )
+    except Exception as err:  # the Prefect API is down: the session goes on without it
+        logger.warning("session progress not published (%s): %s", session_id, err)

@@ -12,6 +12,9 @@ import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 
+#: How many times this process has loaded a model (the warm indexer reports it).
+load_count = 0
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -42,9 +45,11 @@ class InferenceModel(ABC, Generic[In, Out]):
             return
         with self._lock:
             if not self._loaded:
+                global load_count
                 logger.info("loading model %s", self.model_id)
                 self._load()
                 self._loaded = True
+                load_count += 1
 
     @property
     def loaded(self) -> bool:

@@ -437,6 +437,10 @@ class FaceAnalyzer:
         """Embedding width of the configured recogniser."""
         return self.encoder.dim
 
+    @property
+    def loaded(self) -> bool:
+        return self._detector is not None and self._encoder is not None
+
     def load(self) -> None:
         """Prepare model files if needed and load both models."""
         if self._detector is not None and self._encoder is not None:

@@ -42,7 +42,7 @@ client.close()
 @pytest.fixture(scope="module")
 def library(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A data folder with 40 vectors of the tiny model, written by the embed phase's path."""
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients
 
     config, weights = tiny_clip

@@ -29,7 +29,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymen
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPoolStatus
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.deploy import DEPLOYMENT_NAME, submit_via_deployment
+from photoindex.launch import DEPLOYMENT_NAME, submit_via_deployment
 from photoindex.prefect_server import OFFLINE_ENV, ensure_prefect_api, stop_server
 from photoindex.settings import Settings
 from tasks.catalog import Catalog

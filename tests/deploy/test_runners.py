@@ -39,7 +39,7 @@ def _env(**values: str) -> Iterator[Settings]:
 def _worker_state() -> dict[str, bool]:
     # Runs on each Dask worker.
     from photoindex.settings import get_settings
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
 
     return {
         "project imported": "tasks.embed" in sys.modules,
@@ -50,7 +50,7 @@ def _worker_state() -> dict[str, bool]:
 def _results(settings: Settings) -> dict[str, Any]:
     """What a session left behind: statuses, vectors by image, faces, and the person split."""
     from tasks.catalog import Catalog
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients, point_id
 
     catalog = Catalog(settings)

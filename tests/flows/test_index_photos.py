@@ -97,7 +97,7 @@ def test_every_good_photo_is_indexed_once_and_every_bad_file_has_a_reason(
 
 def test_qdrant_holds_one_point_per_indexed_image(first: Run) -> None:
     from photoindex.settings import get_settings
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore
 
     n_indexed = _catalog_rows("SELECT count(*) AS n FROM images WHERE status='indexed'")[0]["n"]
@@ -190,7 +190,7 @@ def test_a_second_run_does_no_model_work(second: Run, first: Run) -> None:
 
 def test_search_with_an_images_own_vector_finds_it_first(first: Run) -> None:
     from photoindex.settings import get_settings
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, point_id
 
     model = clip_embedder(get_settings())

@@ -117,7 +117,7 @@ def child_env(data: Path, api_url: str, **env: str) -> dict[str, str]:
 
 def start_child_session(folder: Path, data: Path, api_url: str, **env: str) -> ChildSession:
     """`create_session` + `start_session_process`, with the child's settings in its environment."""
-    from flows.index_photos import create_session, start_session_process
+    from photoindex.launch import create_session, start_session_process
 
     seed_face_models(data)
     session_id = asyncio.run(create_session(folder))
@@ -200,7 +200,7 @@ class Snapshot:
 def snapshot(settings: Settings) -> Snapshot:
     """Read a data folder's catalog, crops and vector store (closing the store after)."""
     from tasks.catalog import Catalog
-    from tasks.embed import clip_embedder
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients
 
     catalog = Catalog(settings)

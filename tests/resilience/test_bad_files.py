@@ -52,7 +52,7 @@ def _without_permission_bypass() -> None:
 
 def _start_unprivileged(folder: Path, data: Path, api_url: str) -> ChildSession:
     """A session created with `create_session` and run as `start_session_process` runs it."""
-    from flows.index_photos import create_session
+    from photoindex.launch import create_session
 
     seed_face_models(data)
     session_id = asyncio.run(create_session(folder))

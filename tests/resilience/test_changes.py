@@ -34,7 +34,7 @@ def test_added_deleted_modified_and_renamed_photos(
 
     with use_data_dir(tmp_path_factory.mktemp("changing-data")) as settings:
         from tasks.catalog import Catalog
-        from tasks.embed import clip_embedder
+        from tasks.models.registry import clip_embedder
         from tasks.vectors import VectorStore, close_clients
 
         q = Catalog(settings).query

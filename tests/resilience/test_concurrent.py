@@ -48,7 +48,7 @@ def test_two_sessions_at_once(clean: Clean, prefect_api_url: str, tmp_path: Path
         # While it runs, the product's submit refuses at once, naming the running session.
         with environ(**child_env(data, prefect_api_url)):
             get_settings.cache_clear()
-            from flows.index_photos import submit_session
+            from photoindex.launch import submit_session
 
             with pytest.raises(LibraryBusy) as refused:
                 submit_session(clean.folder)

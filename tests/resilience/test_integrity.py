@@ -37,8 +37,8 @@ def test_a_temp_part_is_invisible_to_readers(clean: Clean) -> None:
 
 def test_each_kind_of_damage_is_named(clean: Clean, tmp_path: Path) -> None:
     """Orphan and missing crops, vectors and faces without rows, broken persons and parts."""
-    from tasks.embed import clip_embedder
     from tasks.integrity import check_integrity
+    from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients, point_id
 
     data = tmp_path / "data"
