@@ -143,8 +143,18 @@ def index(
     detach: Annotated[
         bool, typer.Option("--detach", help="Start the session and return its id at once.")
     ] = False,
+    cold: Annotated[
+        bool,
+        typer.Option(
+            "--cold", help="Run in a new process even when a warm indexer serves this data folder."
+        ),
+    ] = False,
 ) -> None:
-    """Index FOLDER: CLIP vectors, then faces and persons, with a live progress bar."""
+    """Index FOLDER: CLIP vectors, then faces and persons, with a live progress bar.
+
+    When `photoindex serve` (or `photoindex indexer`) runs for the same data folder, its
+    warm indexer runs the session with the models already loaded.
+    """
     if not folder.is_dir():
         raise fail(f"folder not found: {folder}")
     settings = get_settings()
@@ -157,7 +167,7 @@ def index(
     from photoindex.launch import submit_session
 
     try:
-        launched = submit_session(folder, faces=not no_faces, settings=settings)
+        launched = submit_session(folder, faces=not no_faces, settings=settings, cold=cold)
     except LibraryBusy as e:
         raise fail(str(e), 1) from e
     session_id, proc = launched.session_id, launched.process

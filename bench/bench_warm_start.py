@@ -1,0 +1,268 @@
+"""Benchmark: a warm indexer against cold session processes, and how truthful progress is.
+
+Everything runs as a user's sessions do, on one real `prefect server`: cold sessions
+through `photoindex index` (a new process per session; measured from the command's
+start), warm ones handed to a warm indexer (`python -m photoindex.indexer`, what
+`photoindex serve` keeps) through `photoindex.launch.submit_session` (what the API's POST
+does; measured from the call). Progress is sampled every 0.5 s with the reader the API
+and CLI use. The cold path is the baseline for the warm one.
+
+1. Calibration: one session on set A (phone-size photos), cold, then warm.
+2. Measured: set B (other photos) on a wiped catalog, cold then warm: time to the first
+   response with percentage > 0, to the first batch written, progress error (reported
+   percentage minus elapsed share of the wall time), ETA error after the first 10 %,
+   whether the percentage ever went down, and `completed` after the last phase's end.
+3. Incremental: 20 new photos added to set B, cold and warm: wall time, and its ratio.
+
+Run from the repository root: `.venv/bin/python -m bench.bench_warm_start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+from bench import photoset
+from bench.common import DEFAULT_CACHE, header, prepare_process, seed_face_models, table, workbench
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+@dataclass
+class Run:
+    """One session's samples against its real timeline (epoch seconds)."""
+
+    label: str
+    started: float
+    session_id: UUID | None = None
+    samples: list[tuple[float, float, int | None, str]] = field(default_factory=list)
+    first_batch: float | None = None
+    end: float = 0.0
+    last_phase_end: float = 0.0
+    weights: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        return self.end - self.started
+
+    def during(self) -> list[tuple[float, float, int | None, str]]:
+        return [s for s in self.samples if s[0] <= self.end]
+
+    def errors(self) -> list[float]:
+        return [p - 100 * (t - self.started) / self.wall_s for t, p, _, _ in self.during()]
+
+    def eta_errors(self) -> list[float]:
+        out = []
+        for t, _, eta, _ in self.during():
+            left = self.end - t
+            if t - self.started >= 0.1 * self.wall_s and left > 0 and eta is not None:
+                out.append(abs(eta - left) / left)
+        return out
+
+    def first_moving(self) -> float | None:
+        return next((t - self.started for t, p, _, _ in self.samples if p > 0), None)
+
+    def went_down(self) -> bool:
+        values = [p for _, p, _, _ in self.samples]
+        return any(b < a for a, b in zip(values, values[1:], strict=False))
+
+    def completion_lag(self) -> float | None:
+        done = [t for t, _, _, status in self.samples if status == "completed"]
+        return min(done) - self.last_phase_end if done else None
+
+
+async def _sample(run: Run, period_s: float) -> None:
+    from api.prefect_reader import PrefectUnavailable, default_reader
+
+    assert run.session_id is not None
+    reader = default_reader()
+    async with reader.connected():
+        while True:
+            tick = time.monotonic()
+            try:
+                snap, weights, _ = await reader.snapshot(run.session_id)
+                p = await reader.unified(run.session_id)
+            except PrefectUnavailable:
+                await asyncio.sleep(period_s)
+                continue
+            now = time.time()
+            embed = snap.phase("training").counts
+            if run.first_batch is None and embed is not None and embed.fresh > 0:
+                run.first_batch = now - run.started
+            run.samples.append(
+                (now, p.overall_progress.percentage, p.overall_progress.eta_seconds,
+                 p.overall_status)
+            )  # fmt: skip
+            run.weights = p.weights_source
+            if p.overall_status in TERMINAL:
+                return
+            await asyncio.sleep(max(0.0, period_s - (time.monotonic() - tick)))
+
+
+def _finish(run: Run) -> Run:
+    from bench.common import session_runs
+
+    assert run.session_id is not None
+    runs = session_runs(run.session_id)
+    parent, phases = runs[0], runs[1:]
+    assert parent.end is not None, "the session did not end"
+    run.end = parent.end
+    run.last_phase_end = max((r.end for r in phases if r.end is not None), default=parent.end)
+    return run
+
+
+def cold(label: str, folder: Path, period_s: float) -> Run:
+    """`photoindex index FOLDER` in a new process, timed from the command's start."""
+    run = Run(label, time.time())
+    cli = Path(sys.executable).with_name("photoindex")
+    proc = subprocess.Popen(
+        [str(cli), "index", "--cold", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=os.environ | {"COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace")
+        if line.startswith("session "):
+            run.session_id = UUID(line.split()[1])
+            break
+    if run.session_id is None:
+        raise RuntimeError(f"photoindex index printed no session: {proc.wait()}")
+    asyncio.run(_sample(run, period_s))
+    proc.stdout.read()
+    proc.wait()
+    return _finish(run)
+
+
+def warm(label: str, folder: Path, period_s: float) -> Run:
+    """The session handed to the warm indexer, as the API's POST does."""
+    from photoindex.launch import submit_session
+
+    run = Run(label, time.time())
+    launched = submit_session(folder, faces=True)
+    if launched.route != "warm":
+        raise RuntimeError(f"the session ran {launched.route}, not on the warm indexer")
+    run.session_id = launched.session_id
+    asyncio.run(_sample(run, period_s))
+    return _finish(run)
+
+
+def wipe(data: Path) -> None:
+    """A fresh catalog, vectors and crops (models, Prefect history stay)."""
+    for name in ("catalog", "qdrant", "crops", "catalog.duckdb"):
+        path = data / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def start_indexer(log: Path) -> subprocess.Popen[bytes]:
+    from photoindex.indexer import socket_path, warm_indexer
+    from photoindex.settings import get_settings
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "photoindex.indexer"], stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while warm_indexer(get_settings()) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the warm indexer did not start; see {log}")
+        time.sleep(0.5)
+    print(f"warm indexer ready at {socket_path(get_settings())}")
+    return proc
+
+
+def add_new(folder: Path, extra: Path, n: int) -> None:
+    """Copy `n` photos of another set into `folder`, as a day's new photos."""
+    dest = folder / "new"
+    dest.mkdir(exist_ok=True)
+    for path in sorted(extra.rglob("*.jpg"))[:n]:
+        shutil.copy2(path, dest / path.name)
+
+
+def main() -> None:
+    """Calibrate, then measure cold against warm, then an incremental session of each."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=120)
+    parser.add_argument("--new", type=int, default=20)
+    parser.add_argument("--size", choices=["normal", "phone", "small"], default="phone")
+    parser.add_argument("--period", type=float, default=0.5)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args()
+
+    prepare_process()
+    set_a = photoset.build(args.n, args.size, args.cache, seed=1)
+    set_b_src = photoset.build(args.n + 1, args.size, args.cache, seed=2)
+    extra = photoset.build(args.new, args.size, args.cache, seed=3)
+    bench = workbench("warm", args.cache, "data")
+    data = bench.work / "data"
+    seed_face_models(args.cache, data)
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(bench.work / "results")
+    set_b = bench.work / "set-b"
+    shutil.copytree(set_b_src, set_b)
+
+    header("warm indexer vs cold session processes")
+    print(f"photos: {photoset.describe(set_a)}; Prefect {bench.api_url}; work {bench.work}")
+    runs: list[Run] = []
+    runs.append(cold("cold calibration (A)", set_a, args.period))
+    indexer = start_indexer(bench.work / "indexer.log")
+    try:
+        wipe(data)
+        runs.append(warm("warm calibration (A)", set_a, args.period))
+        wipe(data)
+        runs.append(cold_b := cold("cold measured (B)", set_b, args.period))
+        wipe(data)
+        runs.append(warm_b := warm("warm measured (B)", set_b, args.period))
+        add_new(set_b, extra, args.new)
+        runs.append(warm_inc := warm(f"warm +{args.new} new", set_b, args.period))
+        shutil.rmtree(set_b / "new")
+        warm("(reset: forget the new photos)", set_b, args.period)
+        add_new(set_b, extra, args.new)
+    finally:
+        indexer.terminate()
+        indexer.wait()
+    runs.append(cold_inc := cold(f"cold +{args.new} new", set_b, args.period))
+
+    rows = []
+    for r in runs:
+        errs = [abs(e) for e in r.errors()]
+        eta = r.eta_errors()
+        lag = r.completion_lag()
+        rows.append([
+            r.label, r.weights, r.wall_s, r.first_moving() or "-", r.first_batch or "-",
+            max(errs) if errs else "-", statistics.fmean(errs) if errs else "-",
+            f"{100 * statistics.median(eta):.1f}%" if eta else "-",
+            "yes" if r.went_down() else "no", "-" if lag is None else lag,
+        ])  # fmt: skip
+    print(table(
+        ["run", "weights", "wall s", "to % > 0 s", "to 1st batch s", "max |err|", "mean |err|",
+         "ETA med err", "% went down", "completed lag s"], rows,
+    ))  # fmt: skip
+    print(
+        f"warm / cold: to % > 0 x{(warm_b.first_moving() or 0) / (cold_b.first_moving() or 1):.2f}"
+        f", to first batch x{(warm_b.first_batch or 0) / (cold_b.first_batch or 1):.2f}; "
+        f"incremental +{args.new}: cold {cold_inc.wall_s:.1f} s / warm {warm_inc.wall_s:.1f} s "
+        f"= x{cold_inc.wall_s / warm_inc.wall_s:.2f} faster warm (target >= 4)"
+    )
+    w_err = [abs(e) for e in warm_b.errors()]
+    c_err = [abs(e) for e in cold_b.errors()]
+    print(
+        f"targets: warm max |err| {max(w_err):.1f} (<= 5), mean {statistics.fmean(w_err):.1f} "
+        f"(<= 2); cold max |err| {max(c_err):.1f} (<= 8); warm to first batch "
+        f"{warm_b.first_batch or float('nan'):.2f} s (<= 2)"
+    )
+
+
+if __name__ == "__main__":
+    main()
