@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -35,6 +36,8 @@ from photoindex.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 2.0
+DUE_CHECK_S = 30.0
+"""How often an idle warm indexer looks for the deployment's scheduled runs that are due."""
 MAX_REQUEST = 4096
 
 
@@ -115,6 +118,7 @@ class WarmIndexer:
         self.sessions_run = 0
         self.running: UUID | None = None
         self.last_used = time.monotonic()
+        self._last_due_check = 0.0
         self._stop = threading.Event()
 
     def warm_up(self) -> None:
@@ -141,6 +145,47 @@ class WarmIndexer:
             "running": str(self.running) if self.running else None,
             "queued": self.sessions.qsize(),
         }
+
+    def _take_due_runs(self) -> None:
+        """Queue the deployment's runs that are due (the nightly schedule): with a warm
+        indexer up, they run here with the models loaded instead of waiting for a worker."""
+        now = time.monotonic()
+        if now - self._last_due_check < DUE_CHECK_S:
+            return
+        self._last_due_check = now
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterName,
+            FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        from photoindex.launch import DEPLOYMENT_NAME
+
+        due = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            expected_start_time=FlowRunFilterExpectedStartTime.model_validate(
+                {"before_": datetime.now(UTC)}
+            ),
+        )
+        deployment = DeploymentFilter(
+            name=DeploymentFilterName(any_=[DEPLOYMENT_NAME.split("/")[1]])
+        )
+        try:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    flow_run_filter=due, deployment_filter=deployment, limit=5
+                )
+        except Exception as err:  # the Prefect API is away: look again at the next tick
+            logger.warning("could not look for due scheduled runs: %s", err)
+            return
+        for run in runs:
+            logger.info("taking scheduled run %s (%s)", run.id, run.name)
+            self.sessions.put(run.id)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -198,10 +243,11 @@ class WarmIndexer:
                     idle = time.monotonic() - self.last_used
                     if idle_s > 0 and idle > idle_s and loaded_models():
                         unload_all()
+                    self._take_due_runs()
                     continue
                 self.running = session_id
                 try:
-                    if claim(session_id):
+                    if claim(session_id, route="warm"):
                         run_session(session_id)
                 except Exception:  # a failed session must not take the service down
                     logger.exception("session %s failed to run", session_id)

@@ -203,7 +203,8 @@ def session_started(settings: Settings, session_id: str) -> None:
 
 
 def _waiting_session(settings: Settings) -> str | None:
-    """A session created here that has not started yet, if it can still start."""
+    """A session created here that has not taken the data folder's lock yet, if it can
+    still take it: created, queued, or claimed (Running) and on its way to the lock."""
     try:
         info = json.loads(_waiting_file(settings).read_text())
         session, at = str(info["session"]), float(info["at"])
@@ -212,7 +213,7 @@ def _waiting_session(settings: Settings) -> str | None:
     if time.time() - at > PENDING_GRACE_S:
         return None
     state = asyncio.run(_state_of(UUID(session)))
-    return session if state in {"SCHEDULED", "PENDING"} else None
+    return session if state in {"SCHEDULED", "PENDING", "RUNNING"} else None
 
 
 async def _state_of(session_id: UUID) -> str | None:

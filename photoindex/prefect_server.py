@@ -22,7 +22,10 @@ PR_SET_PDEATHSIG = 1
 OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    # The runs' INFO logs (counts, skipped files and why, timings) go to the Prefect API,
+    # so the UI shows what each phase did; the console stays quiet.
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
 
 

@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def claim(session_id: UUID) -> bool:
-    """Move a created session to Running; False if it must not run (cancelled, or taken)."""
+def claim(session_id: UUID, route: str = "") -> bool:
+    """Move a created session to Running; False if it must not run (cancelled, or taken).
+
+    A scheduled run (the deployment's nightly one) is moved to Pending first: Prefect
+    refuses that to a second taker, so a worker and a warm indexer never both run it.
+    `route` tags a run that has no launch route yet (one the scheduler created).
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Running
+    from prefect.states import Pending, Running
 
+    from photoindex.launch import LAUNCH_TAG, launch_route
     from tasks.control import CANCEL_TAG
 
     with get_client(sync_client=True) as client:
@@ -32,6 +38,13 @@ def claim(session_id: UUID) -> bool:
         if run.state_type not in {StateType.PENDING, StateType.SCHEDULED} or CANCEL_TAG in run.tags:
             logger.warning("session %s is %s: not running it", session_id, run.state_type)
             return False
+        if run.state_type == StateType.SCHEDULED:
+            taken: OrchestrationResult[Any] = client.set_flow_run_state(session_id, Pending())
+            if taken.state is None or taken.state.type != StateType.PENDING:
+                logger.warning("session %s was taken by another runner", session_id)
+                return False
+        if route and not launch_route(run.tags):
+            client.update_flow_run(session_id, tags=[*run.tags, LAUNCH_TAG + route])
         result: OrchestrationResult[Any] = client.set_flow_run_state(session_id, Running())
     accepted = result.state is not None and result.state.type == StateType.RUNNING
     if not accepted:

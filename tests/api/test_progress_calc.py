@@ -12,6 +12,7 @@ from api.progress import (
     PhaseSnapshot,
     RunState,
     SessionSnapshot,
+    Timeline,
     Weights,
     compute_progress,
     face_session,
@@ -399,3 +400,80 @@ def test_a_running_phase_moves_with_the_clock_but_never_past_its_work_in_flight(
         )
     )
     assert calc(snap).phases.training.progress.percentage == 0.0
+
+
+# --- the calibrated timeline: start-up counts from the session's creation ------------------
+
+TIMELINE = Timeline(
+    startup_s={"cold": 16.0, "warm": 2.0},
+    overhead_s={"faceDetection": 1.0, "clustering": 0.5},
+    per_unit_s={"training": 0.3, "faceDetection": 0.1, "clustering": 0.01},
+    sessions=2,
+)
+TIMED = session_weights(Calibration(timeline=TIMELINE), faces=True)
+
+
+def starting(route: str, created_s: float, parent: str = "PENDING", **phases: PhaseSnapshot
+             ) -> SessionSnapshot:
+    return SessionSnapshot(
+        session_id=uuid4(),
+        parent=RunState(parent, created=ago(created_s), state_time=ago(created_s)),
+        faces=True,
+        phases=phases,
+        now=NOW,
+        session=Counts(0, 100, todo=20, stage="queued"),
+        launch=route,
+    )
+
+
+def test_timeline_weights_say_they_include_start_up() -> None:
+    assert TIMED.timeline is TIMELINE
+    assert TIMED.source == "calibrated from 2 sessions, with start-up"
+
+
+def test_start_up_moves_the_bar_and_shows_an_eta_from_the_first_poll() -> None:
+    """1.5 s after a cold session was created: 1.5 of an expected 26.5 s."""
+    # expected: training 16 + 0.3 * 20 = 22, faces 1 + 0.1 * 20 = 3, clustering 0.5 + 0.01 * 100
+    result = calc(starting("cold", 1.5), TIMED)
+    assert result.overall_status == "pending"
+    assert result.overall_progress.percentage == pytest.approx(100 * 1.5 / 26.5, abs=0.01)
+    assert result.overall_progress.eta_seconds == 25
+    assert result.phases.training.message == "Waiting for the session process to start"
+    assert result.weights.training == pytest.approx(22 / 26.5, abs=1e-4)
+
+
+def test_warm_and_cold_start_ups_are_calibrated_apart() -> None:
+    cold, warm = calc(starting("cold", 1.5), TIMED), calc(starting("warm", 1.5), TIMED)
+    # warm: 1.5 of 2 s start-up done, of 12.5 s in all
+    assert warm.overall_progress.percentage == pytest.approx(100 * 1.5 / 12.5, abs=0.01)
+    assert cold.overall_progress.percentage == pytest.approx(100 * 1.5 / 26.5, abs=0.01)
+    assert warm.overall_progress.eta_seconds == 11
+
+
+def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
+    """Past its calibrated start-up, a session that has not begun work does not creep on."""
+    late = calc(starting("warm", 6.0, parent="RUNNING"), TIMED)
+    assert late.overall_progress.percentage == pytest.approx(100 * 2.0 / 12.5, abs=0.01)
+    assert late.phases.training.message == "Starting the session"
+
+
+def test_work_by_the_clock_never_passes_the_photos_in_flight() -> None:
+    """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20."""
+    counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(10).timestamp(),
+                    per_minute=12.0)
+    embed = PhaseSnapshot(run=running(12), counts=counts, artifact_updated=ago(1))
+    result = calc(starting("warm", 14.0, parent="RUNNING", training=embed), TIMED)
+    training = (2.0 + 6.0 * 4 / 20) / 8.0
+    assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
+    assert result.overall_progress.percentage == pytest.approx(100 * 8.0 * training / 12.5,
+                                                               abs=0.01)
+    # time left: 18 photos at the measured 12 a minute, then faces and clustering
+    assert result.overall_progress.eta_seconds == round(18 * 5.0 + 3.0 + 1.5)
+
+
+def test_a_phase_with_nothing_new_counts_only_its_overhead() -> None:
+    session = starting("warm", 3.0, parent="RUNNING")
+    nothing = SessionSnapshot(**{**session.__dict__, "session": Counts(0, 100, todo=0)})
+    result = calc(nothing, TIMED)
+    # training 2 s, faces 1 s, clustering 0.5 + 1 s: 4.5 s in all, 2 of them done
+    assert result.overall_progress.percentage == pytest.approx(100 * 2.0 / 4.5, abs=0.01)

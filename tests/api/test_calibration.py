@@ -1,0 +1,69 @@
+"""Calibration from finished sessions: start-up per launch route, overheads, unit costs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from prefect.client.schemas.objects import Artifact, FlowRun
+
+from api.prefect_reader import _timeline
+from tasks.progress import Counts
+
+T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def session(route: str, created: float, phases: dict[str, tuple[float, float, Counts]],
+            end: float) -> tuple[FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]]:
+    """A finished session: its parent run, and per phase (start, end, final counts)."""
+    parent = FlowRun.model_validate({
+        "flow_id": uuid4(), "created": at(created), "start_time": at(created + 0.2),
+        "end_time": at(end), "tags": [f"photoindex-launch:{route}"],
+    })  # fmt: skip
+    runs: dict[str, FlowRun] = {}
+    artifacts: dict[str, Artifact] = {}
+    for key, (start, stop, counts) in phases.items():
+        run = FlowRun.model_validate(
+            {"flow_id": uuid4(), "start_time": at(start), "end_time": at(stop)}
+        )
+        runs[key] = run
+        artifacts[key] = Artifact(key=f"photoindex-{key.lower()}", type="progress",
+                                  description=counts.describe(), flow_run_id=run.id)
+    return parent, (runs, artifacts)
+
+
+def counts(todo: int, began: float | None, total: int = 100) -> Counts:
+    return Counts(total, total, todo=todo, fresh=todo, done=True,
+                  work_started=at(began).timestamp() if began is not None else 0.0)
+
+
+def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() -> None:
+    cold = session("cold", 0.0, {
+        "training": (15.0, 34.0, counts(60, 18.0)),      # start-up 18 s, 16 s for 60 photos
+        "faceDetection": (34.5, 45.0, counts(60, 36.0)),  # overhead 2 s, 9 s for 60
+        "clustering": (45.5, 47.0, counts(1, 46.0)),      # overhead 1 s, 1.5 s to the end
+    }, end=47.5)  # fmt: skip
+    warm = session("warm", 100.0, {
+        "training": (100.5, 107.0, counts(20, 101.0)),    # start-up 1 s, 6 s for 20 photos
+        "faceDetection": (107.2, 111.0, counts(20, 108.0)),  # overhead 1 s, 3 s for 20
+        "clustering": (111.1, 112.0, counts(0, None)),    # nothing new: all overhead
+    }, end=112.0)  # fmt: skip
+    timeline = _timeline([cold[0], warm[0]], [cold[1], warm[1]])
+    assert timeline is not None and timeline.sessions == 2
+    assert timeline.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
+    assert timeline.startup("deployment") == (18.0, "cold")  # the slower route's, unmeasured
+    assert timeline.per_unit_s["training"] == pytest.approx((16.0 + 6.0) / 80)
+    assert timeline.per_unit_s["faceDetection"] == pytest.approx((9.0 + 3.0) / 80)
+    assert timeline.per_unit_s["clustering"] == pytest.approx(1.5 / 100)
+    assert timeline.overhead_s["faceDetection"] == pytest.approx(1.5)
+    assert timeline.overhead_s["clustering"] == pytest.approx((1.0 + 1.0) / 2)
+
+
+def test_sessions_from_before_the_timeline_counts_are_left_out() -> None:
+    old = session("", 0.0, {"training": (1.0, 9.0, Counts(100, 100, done=True))}, end=9.0)
+    assert _timeline([old[0]], [old[1]]) is None
