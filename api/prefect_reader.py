@@ -25,7 +25,6 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
-    ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     ArtifactFilterType,
     FlowFilter,
@@ -33,9 +32,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterEndTime,
     FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    Operator,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, State, StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
@@ -64,23 +65,19 @@ from api.schemas import (
     UnifiedProgressResponse,
 )
 from photoindex.launch import launch_route
+from photoindex.phases import (
+    BY_CONTRACT,
+    BY_FLOW,
+    CANCEL_TAG,
+    PAUSE_TAG,
+    SESSION_ARTIFACT,
+    SESSION_FLOW,
+)
 from photoindex.settings import Settings, get_settings
-from tasks.control import CANCEL_TAG, PAUSE_TAG
-from tasks.progress import PHASE_ARTIFACT_KEYS, SESSION_ARTIFACT_KEY, Counts
+from tasks.progress import Counts
 
 logger = logging.getLogger(__name__)
 
-SESSION_FLOW = "index-photos"
-PHASE_FLOWS = {
-    "embed-images": "training",
-    "detect-faces": "faceDetection",
-    "cluster-faces": "clustering",
-}
-PHASE_KEYS = {
-    "training": PHASE_ARTIFACT_KEYS["embed"],
-    "faceDetection": PHASE_ARTIFACT_KEYS["faces"],
-    "clustering": PHASE_ARTIFACT_KEYS["cluster"],
-}
 CALIBRATION_SESSIONS = 5
 """How many recent completed sessions calibrate a new session's weights."""
 MIN_FRESH_SHARE = 0.5
@@ -306,23 +303,24 @@ class PrefectReader:
         return await self._call(lambda c: c.read_flow_runs(flow_run_filter=flt))
 
     async def _read_artifacts(self, session_id: UUID) -> list[Artifact]:
-        runs = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id]))
+        """The progress artifacts of the session's phase runs and of the session itself."""
+        runs = FlowRunFilter.model_validate(
+            {
+                "operator": Operator.or_,
+                "id": FlowRunFilterId(any_=[session_id]),
+                "parent_flow_run_id": FlowRunFilterParentFlowRunId(any_=[session_id]),
+            }
+        )
         artifacts = ArtifactFilter(
             type=ArtifactFilterType(any_=["progress"]),
-            key=ArtifactFilterKey(any_=list(PHASE_KEYS.values())),
-        )
+            key=ArtifactFilterKey(any_=[*(p.artifact for p in BY_CONTRACT.values()),
+                                        SESSION_ARTIFACT]),
+        )  # fmt: skip
         return await self._call(
             lambda c: c.read_artifacts(
                 artifact_filter=artifacts, flow_run_filter=runs, sort=ArtifactSort.UPDATED_DESC
             )
         )
-
-    async def _read_session_artifact(self, session_id: UUID) -> list[Artifact]:
-        own = ArtifactFilter(
-            key=ArtifactFilterKey(any_=[SESSION_ARTIFACT_KEY]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[session_id]),
-        )
-        return await self._call(lambda c: c.read_artifacts(artifact_filter=own, limit=1))
 
     async def _phases_of(self, session_id: UUID) -> _Phases:
         """The latest run of each phase under a session, each one's latest artifact, and
@@ -330,17 +328,16 @@ class PrefectReader:
         cached = self._ended.get(session_id)
         if cached is not None:
             return cached
-        children, artifacts, own = await asyncio.gather(
-            self._read_children(session_id),
-            self._read_artifacts(session_id),
-            self._read_session_artifact(session_id),
+        children, artifacts = await asyncio.gather(
+            self._read_children(session_id), self._read_artifacts(session_id)
         )
         phase_runs: dict[str, FlowRun] = {}
         for run in sorted(children, key=lambda r: _utc(r.created) or _EPOCH):
-            phase = PHASE_FLOWS.get(await self._flow_name(run.flow_id))
-            if phase is not None:
-                phase_runs[phase] = run
+            spec = BY_FLOW.get(await self._flow_name(run.flow_id))
+            if spec is not None:
+                phase_runs[spec.contract] = run
         latest = _latest_artifacts(phase_runs, artifacts)
+        own = [a for a in artifacts if a.key == SESSION_ARTIFACT and a.flow_run_id == session_id]
         if own:
             latest["session"] = own[0]
         return phase_runs, latest
@@ -489,8 +486,8 @@ class PrefectReader:
         images: dict[str, int] = {}
         used = 0
         for phase_runs, latest in per_parent:
-            counts = _counts(latest.get("training"))
-            embed = phase_runs.get("training")
+            counts = _counts(latest.get(PHASES[0]))
+            embed = phase_runs.get(PHASES[0])
             if counts is None or counts.total <= 0 or embed is None:
                 continue
             duration = run_state(embed).duration_s or 0.0
@@ -692,7 +689,7 @@ def _timeline(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Tim
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
         created, end = _utc(parent.created), _utc(parent.end_time)
-        embed = _counts(artifacts.get("training"))
+        embed = _counts(artifacts.get(PHASES[0]))
         if created is None or end is None or embed is None or embed.todo < 0:
             continue
         used += 1
@@ -705,11 +702,11 @@ def _timeline(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Tim
             last = key == PHASES[-1] or PHASES[PHASES.index(key) + 1] not in runs
             stop = end.timestamp() if last else run_end.timestamp()
             began = counts.work_started if counts.work_started > 0 else stop
-            bucket = startup.setdefault(launch_route(parent.tags), []) if key == "training" else (
+            bucket = startup.setdefault(launch_route(parent.tags), []) if key == PHASES[0] else (
                 overhead.setdefault(key, [])
             )
             bucket.append(max(0.0, began - segment_start))
-            n = embed.total if key == "clustering" else counts.todo
+            n = embed.total if BY_CONTRACT[key].units == "library" else counts.todo
             if counts.work_started > 0 and n > 0:
                 spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
                 units[key] = units.get(key, 0.0) + n
@@ -744,7 +741,8 @@ def _latest_artifacts(
     """Per phase: the most recently updated progress artifact of that phase's run."""
     out: dict[str, Artifact] = {}
     for phase, run in phase_runs.items():
-        mine = [a for a in artifacts if a.flow_run_id == run.id and a.key == PHASE_KEYS[phase]]
+        key = BY_CONTRACT[phase].artifact
+        mine = [a for a in artifacts if a.flow_run_id == run.id and a.key == key]
         if mine:
             out[phase] = max(mine, key=lambda a: _utc(a.updated) or _EPOCH)
     return out

@@ -26,22 +26,17 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
+from photoindex.phases import BY_CONTRACT, CONTRACT_KEYS
 from tasks.progress import STAGES, Counts
 
 logger = logging.getLogger(__name__)
 
-PHASES: tuple[str, ...] = ("training", "faceDetection", "clustering")
-PHASE_NAMES: dict[str, PhaseName] = {
-    "training": "training",
-    "faceDetection": "face_detection",
-    "clustering": "clustering",
-}
-PHASE_LABELS = {
-    "training": "Training",
-    "faceDetection": "Face detection",
-    "clustering": "Clustering",
-}
-SEED_WEIGHTS: dict[str, float] = {"training": 0.30, "faceDetection": 0.65, "clustering": 0.05}
+PHASES = CONTRACT_KEYS
+"""The phases in order, by their contract keys; the first one also carries start-up."""
+FIRST = PHASES[0]
+PHASE_NAMES: dict[str, PhaseName] = {p.contract: p.name for p in BY_CONTRACT.values()}
+PHASE_LABELS = {p.contract: p.label for p in BY_CONTRACT.values()}
+SEED_WEIGHTS = {p.contract: p.seed_weight for p in BY_CONTRACT.values()}
 SLOW_FACTOR = 1.5
 SLOW_MIN_EXTRA_S = 30.0
 """A phase projected to take SLOW_FACTOR times its calibrated duration, and at least
@@ -135,11 +130,7 @@ class Weights:
     """Measured start-up, overheads and unit costs: the percentage then follows time."""
 
     def schema(self) -> PhaseWeights:
-        return PhaseWeights(
-            training=round(self.shares["training"], 4),
-            faceDetection=round(self.shares["faceDetection"], 4),
-            clustering=round(self.shares["clustering"], 4),
-        )
+        return _weights_schema(self.shares)
 
 
 @dataclass(frozen=True)
@@ -170,7 +161,7 @@ class SessionSnapshot:
 
 def session_weights(calibration: Calibration, faces: bool) -> Weights:
     """Weights for a session: calibrated per-image costs when known, else the seed's."""
-    active = [p for p in PHASES if faces or p == "training"]
+    active = [p for p in PHASES if faces or not BY_CONTRACT[p].needs_faces]
     measured = {p: s for p, s in calibration.seconds_per_image.items() if p in active and s > 0}
     timeline = calibration.timeline
     if timeline is not None and not all(p in timeline.per_unit_s for p in active):
@@ -186,7 +177,7 @@ def session_weights(calibration: Calibration, faces: bool) -> Weights:
             )  # fmt: skip
         source = "seed-default" if faces else "seed-default, renormalised without face phases"
         return Weights(shares, source)
-    anchor = "training" if "training" in measured else next(iter(measured))
+    anchor = FIRST if FIRST in measured else next(iter(measured))
     costs = dict(measured)
     derived = [p for p in active if p not in measured]
     for p in derived:
@@ -210,7 +201,7 @@ def _phase_status(
     key: str, snap: SessionSnapshot, parent_dead: bool
 ) -> tuple[PhaseStatus, float | None]:
     """A phase's status, and how long it has been silent if Prefect says it is running."""
-    if key != "training" and not snap.faces:
+    if BY_CONTRACT[key].needs_faces and not snap.faces:
         return "skipped", None
     run = snap.phase(key).run
     if run is None:
@@ -227,7 +218,7 @@ def _phase_status(
             return "failed", silence
         if silence is not None and silence > snap.stall_after_s:
             return "stalled", silence
-        return ("processing" if key == "faceDetection" else "running"), silence
+        return BY_CONTRACT[key].running_status, silence
     mapping: dict[str, PhaseStatus] = {
         SCHEDULED: "pending",
         PENDING: "pending",
@@ -259,10 +250,10 @@ def _stats(
         if status in {"running", "processing"}:
             percentage = max(percentage, _in_flight_share(key, snap, weights, counts))
     else:
-        images = snap.phase("training").counts
-        if key == "clustering":
+        images = snap.phase(FIRST).counts
+        if BY_CONTRACT[key].units == "library":
             total = 1
-        elif key == "faceDetection" and images is not None:
+        elif key != FIRST and images is not None:
             total = images.total
         else:
             total = 0
@@ -292,7 +283,7 @@ def _in_flight_share(key: str, snap: SessionSnapshot, weights: Weights, counts: 
     """
     spi = weights.seconds_per_image.get(key)
     run = snap.phase(key).run
-    images = snap.phase("training").counts
+    images = snap.phase(FIRST).counts
     if not spi or run is None or run.start_time is None or images is None or counts.total <= 0:
         return 0.0
     expected = spi * images.total
@@ -344,7 +335,7 @@ def _parent_silence(snap: SessionSnapshot) -> float | None:
     """Silence of a running session between phases, when no phase run is running or paused."""
     if snap.parent.state_type != RUNNING:
         return None
-    runs = [snap.phase(key).run for key in PHASES if key == "training" or snap.faces]
+    runs = [snap.phase(k).run for k in PHASES if snap.faces or not BY_CONTRACT[k].needs_faces]
     if any(run is not None and run.state_type in {RUNNING, PAUSED} for run in runs):
         return None
     signs: list[datetime | None] = [snap.parent.start_time, snap.parent.state_time]
@@ -377,7 +368,7 @@ def _eta(
     warnings: list[str],
 ) -> int | None:
     """Seconds until every phase is done: measured rate now, calibrated or seed costs later."""
-    images = snap.phase("training").counts
+    images = snap.phase(FIRST).counts
     n_images = images.total if images is not None else None
     remaining: list[float | None] = []
     anchor: tuple[str, float] | None = None  # a phase of this session with a measured cost
@@ -386,7 +377,7 @@ def _eta(
         phase = snap.phase(key)
         if status in _DONE:
             spi = _seconds_per_item(phase)
-            if status == "completed" and spi is not None and key != "clustering":
+            if status == "completed" and spi is not None and BY_CONTRACT[key].units == "photos":
                 anchor = (key, spi)
             continue
         if status in {"running", "processing"} and phase.counts is not None:
@@ -395,7 +386,7 @@ def _eta(
                 left = max(0, counts.total - counts.current) * 60.0 / counts.per_minute
                 stats[key].eta_seconds = int(round(left))
                 remaining.append(left)
-                if key != "clustering":
+                if BY_CONTRACT[key].units == "photos":
                     anchor = (key, 60.0 / counts.per_minute)
                 _warn_if_slow(key, counts, weights, n_images, warnings)
                 continue
@@ -452,23 +443,23 @@ class _Timed:
 def _units(key: str, snap: SessionSnapshot) -> int | None:
     """A phase's units of work: photos to do for embed and faces, library photos for
     clustering; from the phase's own counts, else from earlier ones or the fast scan."""
-    embed, session = snap.phase("training").counts, snap.session
+    first, session = snap.phase(FIRST).counts, snap.session
     own = snap.phase(key).counts
-    if key == "clustering":
-        if embed is not None and embed.total > 0:
-            return embed.total
+    if BY_CONTRACT[key].units == "library":
+        if first is not None and first.total > 0:
+            return first.total
         return session.total if session is not None else None
     if own is not None and own.todo >= 0:
         return own.todo
-    if key == "faceDetection":
-        return _units("training", snap)
+    if key != FIRST:  # not started: as many new photos as the phase before it had
+        return _units(PHASES[PHASES.index(key) - 1], snap)
     return session.todo if session is not None and session.todo >= 0 else None
 
 
 def _segment_start(key: str, snap: SessionSnapshot) -> datetime | None:
     """When a phase's part of the timeline began: the session's creation for the first,
     the end of the phase before it for the others."""
-    if key == "training":
+    if key == FIRST:
         return snap.parent.created or snap.parent.start_time
     before = PHASES[PHASES.index(key) - 1]
     run = snap.phase(before).run
@@ -484,14 +475,14 @@ def _timed(
     fractions: dict[str, float] = {}
     left: dict[str, float] = {}
     for key in PHASES:
-        if statuses[key] == "skipped" and (key != "training" and not snap.faces):
+        if statuses[key] == "skipped" and BY_CONTRACT[key].needs_faces and not snap.faces:
             expected[key], fractions[key], left[key] = 0.0, 1.0, 0.0
             continue
         units = _units(key, snap)
         if units is None:
             return None
         overhead = (
-            timeline.startup(snap.launch)[0] if key == "training"
+            timeline.startup(snap.launch)[0] if key == FIRST
             else timeline.overhead_s.get(key, 0.0)
         )  # fmt: skip
         work = timeline.per_unit_s.get(key, 0.0) * units
@@ -525,7 +516,7 @@ def _timed(
 
 def _stage_message(snap: SessionSnapshot) -> str | None:
     """What the session does before its first photos are in flight, in words."""
-    counts = snap.phase("training").counts
+    counts = snap.phase(FIRST).counts
     if counts is not None:
         return STAGES.get(counts.stage) or None
     if snap.session is not None:
@@ -591,10 +582,10 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
         for key in PHASES:
             if statuses[key] not in {"failed", "cancelled"}:
                 stats[key].percentage = round(100.0 * min(1.0, timed.fractions[key]), 2)
-        if statuses["training"] not in {"failed", "cancelled", "completed"}:
+        if statuses[FIRST] not in {"failed", "cancelled", "completed"}:
             stage = _stage_message(snap)
             if stage:
-                messages.setdefault("training", stage)
+                messages.setdefault(FIRST, stage)
     raw = sum(shares[key] * stats[key].percentage for key in PHASES)
     if overall_status == "completed":
         percentage = 100.0
@@ -634,33 +625,27 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
             eta_seconds=eta,
             current_phase=_current_phase(statuses, overall_status),
         ),
-        phases=Phases(
-            training=phases["training"],
-            faceDetection=phases["faceDetection"],
-            clustering=phases["clustering"],
-        ),
-        weights=PhaseWeights(
-            training=round(shares["training"], 4),
-            faceDetection=round(shares["faceDetection"], 4),
-            clustering=round(shares["clustering"], 4),
-        ),
+        phases=Phases.model_validate(phases),
+        weights=_weights_schema(shares),
         weights_source=weights.source,
         warnings=warnings,
         updated_at=max(known) if known else None,
     )
     logger.debug(
-        "Unified progress calculated for session %s: overall=%.1f%%, phase1=%.1f%%, "
-        "phase2=%.1f%%, phase3=%.1f%%, status=%s, eta=%s, weights=%s",
+        "Unified progress calculated for session %s: overall=%.1f%%, %s, status=%s, eta=%s, "
+        "weights=%s",
         snap.session_id,
         percentage,
-        stats["training"].percentage,
-        stats["faceDetection"].percentage,
-        stats["clustering"].percentage,
+        ", ".join(f"{key}={stats[key].percentage:.1f}%" for key in PHASES),
         overall_status,
         eta,
         weights.source,
     )
     return response
+
+
+def _weights_schema(shares: Mapping[str, float]) -> PhaseWeights:
+    return PhaseWeights.model_validate({key: round(shares[key], 4) for key in PHASES})
 
 
 def _lost_message(snap: SessionSnapshot, who: str, silence: float, between: bool = False) -> str:

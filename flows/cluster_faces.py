@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from photoindex.phases import BY_KEY
 from tasks.phase import PhaseSummary, run_phase
 
 
-@flow(name="cluster-faces", flow_run_name="cluster faces")
+@flow(name=BY_KEY["cluster"].flow, flow_run_name="cluster faces")
 def cluster_faces() -> PhaseSummary:
     """Cluster every face of the current face model into persons."""
     from tasks.cluster import ClusterPhase  # its libraries load with the phase

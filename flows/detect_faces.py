@@ -6,10 +6,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from photoindex.phases import BY_KEY
 from tasks.phase import PhaseSummary, run_phase
 
 
-@flow(name="detect-faces", flow_run_name="faces {folder}")
+@flow(name=BY_KEY["faces"].flow, flow_run_name="faces {folder}")
 def detect_faces(folder: str) -> PhaseSummary:
     """Find and embed the faces in every photo under `folder`."""
     from tasks.faces import FacesPhase  # its libraries load with the phase

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from photoindex.phases import BY_KEY
 from tasks.phase import PhaseSummary, run_phase
 
 
-@flow(name="embed-images", flow_run_name="embed {folder}")
+@flow(name=BY_KEY["embed"].flow, flow_run_name="embed {folder}")
 def embed_images(folder: str) -> PhaseSummary:
     """Embed every photo under `folder` with CLIP and store the vectors."""
     from tasks.embed import EmbedPhase  # its libraries load with the phase

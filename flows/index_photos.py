@@ -13,13 +13,14 @@ from flows.detect_faces import detect_faces
 from flows.embed_images import embed_images
 from flows.runners import shared_cluster, task_runner
 from photoindex.launch import session_name, session_started
+from photoindex.phases import SESSION_FLOW
 from photoindex.settings import get_settings
 from tasks.catalog import Catalog
 from tasks.lock import library_lock
 from tasks.phase import PhaseSummary
 
 
-@flow(name="index-photos", flow_run_name=lambda: "index " + _run_folder())
+@flow(name=SESSION_FLOW, flow_run_name=lambda: "index " + _run_folder())
 def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     """Index a photo folder: CLIP embeddings, then faces and persons."""
     log = get_run_logger()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from photoindex.phases import BY_NAME, COMPLETED_TITLE, CONTRACT_KEYS, PHASES
 from photoindex.prefect_server import ui_url
 from photoindex.settings import Settings, get_settings
 
@@ -28,12 +29,7 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-PHASE_LABELS = {
-    "training": "🎨 Training - Generating CLIP Embeddings",
-    "face_detection": "😊 Face Detection - Analyzing Faces",
-    "clustering": "🔗 Clustering - Grouping Similar Faces",
-    "completed": "✓ All Phases Complete",
-}
+PHASE_LABELS = {p.name: p.title for p in PHASES} | {"completed": COMPLETED_TITLE}
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -80,11 +76,8 @@ def watch_session(
         while True:
             progress = asyncio.run(get_unified_progress(session_id))
             overall = progress.overall_progress
-            phase_key = {
-                "training": "training",
-                "face_detection": "faceDetection",
-                "clustering": "clustering",
-            }.get(overall.current_phase)
+            spec = BY_NAME.get(overall.current_phase)
+            phase_key = spec.contract if spec is not None else None
             detail = _fmt_eta(overall.eta_seconds)
             if phase_key is not None:
                 p = getattr(progress.phases, phase_key).progress
@@ -115,7 +108,7 @@ def _report(progress: UnifiedProgressResponse) -> None:
     table = Table(title=f"session {progress.session_id}: {progress.overall_status}")
     for col in ("phase", "status", "done", "skipped", "images/min", "seconds"):
         table.add_column(col)
-    for key in ("training", "faceDetection", "clustering"):
+    for key in CONTRACT_KEYS:
         phase = getattr(progress.phases, key)
         p = phase.progress
         secs = ""
@@ -198,7 +191,7 @@ def index(
     _report(progress)
     _print_catalog_summary(settings)
     if progress.overall_status != "completed":
-        failed = [getattr(progress.phases, k) for k in ("training", "faceDetection", "clustering")]
+        failed = [getattr(progress.phases, k) for k in CONTRACT_KEYS]
         why = "; ".join(
             f"{p.name} {p.status}" for p in failed if p.status in {"failed", "cancelled"}
         )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 from uuid import UUID
 
+from photoindex.phases import SESSION_FLOW
 from photoindex.settings import Settings, get_settings
 from tasks.lock import LibraryBusy, busy_message, library_holder
 
@@ -36,8 +37,8 @@ Route = Literal["warm", "deployment", "cold"]
 LAUNCH_TAG = "photoindex-launch:"
 """Tag prefix naming how a session was started: start-up costs differ, and are calibrated
 apart (`photoindex-launch:warm`, `...:cold`, `...:deployment`)."""
-FLOW_NAME = "index-photos"
-DEPLOYMENT_NAME = f"{FLOW_NAME}/index-photos"
+DEPLOYMENT_NAME = f"{SESSION_FLOW}/index-photos"
+"""The deployment, `flow/deployment` as prefect.yaml names it."""
 PENDING_GRACE_S = 600.0
 """A created session that has not taken the data folder's lock after this long is
 considered lost (its process never started), and no longer blocks a new one."""

@@ -31,7 +31,7 @@ def claim(session_id: UUID, route: str = "") -> bool:
     from prefect.states import Pending, Running
 
     from photoindex.launch import LAUNCH_TAG, launch_route
-    from tasks.control import CANCEL_TAG
+    from photoindex.phases import CANCEL_TAG
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(session_id)

@@ -24,10 +24,10 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import Abort
 from prefect.states import Cancelled, Paused, Running
 
+from photoindex.phases import CANCEL_TAG, PAUSE_TAG
+
 logger = logging.getLogger(__name__)
 
-PAUSE_TAG = "photoindex-pause-requested"
-CANCEL_TAG = "photoindex-cancel-requested"
 CHECK_INTERVAL_S = 1.0
 PAUSE_POLL_S = 0.5
 

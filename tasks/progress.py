@@ -10,16 +10,10 @@ from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+from photoindex.phases import BY_KEY, SESSION_ARTIFACT
+
 logger = logging.getLogger(__name__)
 
-PHASE_ARTIFACT_KEYS = {
-    "embed": "photoindex-embed",
-    "faces": "photoindex-faces",
-    "cluster": "photoindex-cluster",
-}
-#: The session's own artifact, on the parent run: what the launcher's fast scan found and
-#: what the session does before its first phase has work in flight.
-SESSION_ARTIFACT_KEY = "photoindex-session"
 
 #: What a session or phase is doing before its items are in flight, as the API says it.
 STAGES = {
@@ -136,7 +130,7 @@ class ProgressReporter:
         try:
             artifact_id = create_progress_artifact(
                 progress=self.counts().percentage,
-                key=PHASE_ARTIFACT_KEYS[self.phase],
+                key=BY_KEY[self.phase].artifact,
                 description=self.counts().describe(),
             )
         except Exception as err:  # the Prefect API is down: the work goes on, we retry later
@@ -237,7 +231,7 @@ def publish_session(session_id: UUID, counts: Counts | None = None, stage: str =
     )
 
     wanted = ArtifactFilter(
-        key=ArtifactFilterKey(any_=[SESSION_ARTIFACT_KEY]),
+        key=ArtifactFilterKey(any_=[SESSION_ARTIFACT]),
         flow_run_id=ArtifactFilterFlowRunId(any_=[session_id]),
     )
     try:
@@ -253,7 +247,7 @@ def publish_session(session_id: UUID, counts: Counts | None = None, stage: str =
                 return  # nothing to say yet: the launcher creates it with the counts
             client.create_artifact(
                 ArtifactCreate(
-                    key=SESSION_ARTIFACT_KEY,
+                    key=SESSION_ARTIFACT,
                     type="progress",
                     data=counts.percentage,
                     description=counts.describe(),

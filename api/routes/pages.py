@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -21,6 +21,14 @@ router.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 async def sessions_page() -> FileResponse:
     """The list of recent sessions."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/phases.js")
+async def phase_table() -> Response:
+    """The phase table, as the page's script reads it."""
+    from photoindex.phases import page_script
+
+    return Response(page_script(), media_type="text/javascript")
 
 
 @router.get("/sessions/{session_id}", response_class=FileResponse)

@@ -4,17 +4,12 @@
 const POLL_MS = 2000;
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 const ACTIVE = new Set(["running", "processing", "paused", "stalled"]);
-const PHASES = [
-  { key: "training", icon: "🎨", label: "Training (CLIP)", unit: "images" },
-  { key: "faceDetection", icon: "😊", label: "Face Detection", unit: "images" },
-  { key: "clustering", icon: "🔗", label: "Clustering", unit: "items" },
-];
-const PHASE_KEYS = { training: "training", face_detection: "faceDetection", clustering: "clustering" };
+// The phase table is the server's (photoindex/phases.py), served as /phases.js.
+const PHASES = PHASE_TABLE.map((p) => ({ key: p.contract, icon: p.icon, label: p.page_label, unit: p.page_unit }));
+const PHASE_KEYS = Object.fromEntries(PHASE_TABLE.map((p) => [p.name, p.contract]));
 const CURRENT_LABELS = {
-  training: "🎨 Training - Generating CLIP Embeddings",
-  face_detection: "😊 Face Detection - Analyzing Faces",
-  clustering: "🔗 Clustering - Grouping Similar Faces",
-  completed: "✓ All Phases Complete",
+  ...Object.fromEntries(PHASE_TABLE.map((p) => [p.name, p.title])),
+  completed: COMPLETED_TITLE,
 };
 
 const sessionId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
