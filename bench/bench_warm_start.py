@@ -32,7 +32,15 @@ from pathlib import Path
 from uuid import UUID
 
 from bench import photoset
-from bench.common import DEFAULT_CACHE, header, prepare_process, seed_face_models, table, workbench
+from bench.common import (
+    DEFAULT_CACHE,
+    header,
+    mb,
+    prepare_process,
+    seed_face_models,
+    table,
+    workbench,
+)
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -124,10 +132,11 @@ def cold(label: str, folder: Path, period_s: float) -> Run:
     """`photoindex index FOLDER` in a new process, timed from the command's start."""
     run = Run(label, time.time())
     cli = Path(sys.executable).with_name("photoindex")
+    api_url = os.environ["PREFECT_API_URL"]  # the benchmark's server, not one of its own
     proc = subprocess.Popen(
         [str(cli), "index", "--cold", str(folder)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=os.environ | {"COLUMNS": "200"},
+        env=os.environ | {"COLUMNS": "200", "PHOTOINDEX_PREFECT_API_URL": api_url},
     )  # fmt: skip
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -183,6 +192,18 @@ def start_indexer(log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def indexer_memory(pid: int) -> tuple[int, int]:
+    """The warm indexer's RSS with its models loaded, then after it unloaded them."""
+    from bench.common import tree_rss
+    from photoindex.indexer import IndexerClient, socket_path
+    from photoindex.settings import get_settings
+
+    loaded = tree_rss(pid)
+    IndexerClient(socket_path(get_settings())).unload()
+    time.sleep(2.0)
+    return loaded, tree_rss(pid)
+
+
 def add_new(folder: Path, extra: Path, n: int) -> None:
     """Copy `n` photos of another set into `folder`, as a day's new photos."""
     dest = folder / "new"
@@ -229,6 +250,7 @@ def main() -> None:
         shutil.rmtree(set_b / "new")
         warm("(reset: forget the new photos)", set_b, args.period)
         add_new(set_b, extra, args.new)
+        memory = indexer_memory(indexer.pid)
     finally:
         indexer.terminate()
         indexer.wait()
@@ -255,6 +277,8 @@ def main() -> None:
         f"incremental +{args.new}: cold {cold_inc.wall_s:.1f} s / warm {warm_inc.wall_s:.1f} s "
         f"= x{cold_inc.wall_s / warm_inc.wall_s:.2f} faster warm (target >= 4)"
     )
+    print(f"warm indexer RSS: {mb(memory[0])} with models loaded, {mb(memory[1])} after "
+          "unloading them (what PHOTOINDEX_MODEL_IDLE_S idle does)")
     w_err = [abs(e) for e in warm_b.errors()]
     c_err = [abs(e) for e in cold_b.errors()]
     print(

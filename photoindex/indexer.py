@@ -84,6 +84,10 @@ class IndexerClient:
         """Its pid, settings fingerprint, loaded models, model loads and sessions run."""
         return self.ask({"op": "status"})
 
+    def unload(self) -> list[str]:
+        """Have it unload its models now, as it does after PHOTOINDEX_MODEL_IDLE_S idle."""
+        return list(self.ask({"op": "unload"}).get("unloaded", []))
+
     def run(self, session_id: UUID) -> None:
         """Hand it a created session to run."""
         reply = self.ask({"op": "run", "session": str(session_id)})
@@ -146,6 +150,13 @@ class WarmIndexer:
             "queued": self.sessions.qsize(),
         }
 
+    def _unload(self) -> list[str]:
+        from tasks.models.registry import unload_all
+
+        if self.running is not None:
+            return []  # a session uses them now
+        return unload_all()
+
     def _take_due_runs(self) -> None:
         """Queue the deployment's runs that are due (the nightly schedule): with a warm
         indexer up, they run here with the models loaded instead of waiting for a worker."""
@@ -198,6 +209,8 @@ class WarmIndexer:
                 elif op == "run":
                     self.sessions.put(UUID(str(request["session"])))
                     reply = {"accepted": True}
+                elif op == "unload":  # what idleness does, at once (tests, benchmarks)
+                    reply = {"unloaded": self._unload()}
                 else:
                     reply = {"accepted": False, "reason": f"unknown op {op!r}"}
             except (OSError, ValueError, KeyError, AttributeError) as err:
@@ -218,7 +231,7 @@ class WarmIndexer:
     def serve_forever(self) -> None:
         """Warm up, listen, and run sessions until SIGTERM or SIGINT."""
         from photoindex.runner import claim, run_session
-        from tasks.models.registry import loaded_models, unload_all
+        from tasks.models.registry import loaded_models
 
         self.warm_up()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -242,7 +255,7 @@ class WarmIndexer:
                 except queue.Empty:
                     idle = time.monotonic() - self.last_used
                     if idle_s > 0 and idle > idle_s and loaded_models():
-                        unload_all()
+                        self._unload()
                     self._take_due_runs()
                     continue
                 self.running = session_id

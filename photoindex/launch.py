@@ -72,7 +72,7 @@ def submit_session(
     Raises LibraryBusy when a session is indexing into this data folder, or was created
     and has not started yet: of concurrent calls, exactly one starts a session.
     """
-    from photoindex.indexer import warm_indexer
+    from photoindex.indexer import IndexerUnavailable, warm_indexer
     from tasks.catalog import Catalog
     from tasks.discover import count_photos
     from tasks.progress import Counts, publish_session
@@ -99,8 +99,13 @@ def submit_session(
         _mark_waiting(settings, session_id)
         process = None
         if indexer is not None:
-            indexer.run(session_id)
-        elif route == "cold":
+            try:
+                indexer.run(session_id)
+            except IndexerUnavailable as err:  # it went away since it answered: run cold
+                logger.warning("%s; starting session %s in a new process", err, session_id)
+                route = "cold"
+                asyncio.run(_set_route(session_id, route))
+        if route == "cold":
             process = start_session_process(session_id, settings)
     logger.info("session %s on %s: %d photos, %d new, %s", session_id, folder, photos, new, route)
     return Launched(session_id, route, process)
@@ -122,6 +127,15 @@ async def create_session(folder: Path, faces: bool = True, route: Route = "cold"
             tags=[LAUNCH_TAG + route],
         )
     return run.id
+
+
+async def _set_route(session_id: UUID, route: Route) -> None:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        run = await client.read_flow_run(session_id)
+        tags = [t for t in run.tags if not t.startswith(LAUNCH_TAG)] + [LAUNCH_TAG + route]
+        await client.update_flow_run(session_id, tags=tags)
 
 
 async def submit_via_deployment(folder: Path, faces: bool) -> UUID | None:

@@ -137,6 +137,25 @@ def test_two_sessions_in_a_row_the_second_loads_no_model(
     assert seen == sorted(seen), f"the percentage went down: {seen}"
 
 
+def test_unloaded_models_come_back_for_the_next_session(
+    warm: Warm, folders: tuple[Path, Path]
+) -> None:
+    """What idleness does: the models go, and the next session loads them again."""
+    from photoindex.indexer import IndexerClient, socket_path
+
+    before = warm.status()
+    dropped = IndexerClient(socket_path(warm.settings)).unload()
+    assert sorted(dropped) == sorted(before["models"]) and warm.status()["models"] == []
+    _wipe(warm.settings)
+    _follow(warm, _submit(warm, folders[0]))
+    after = wait_until(
+        lambda: (s := warm.status())["sessions_run"] > before["sessions_run"] and s, 60,
+        "the session counted",
+    )
+    assert after["model_loads"] > before["model_loads"]
+    assert sorted(after["models"]) == sorted(before["models"])
+
+
 def test_the_runs_logs_reach_the_prefect_ui(warm: Warm) -> None:
     """What each phase did is in its run's logs, which the Prefect UI shows."""
     from prefect.client.orchestration import get_client
