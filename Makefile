@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?=
 
-.PHONY: install index serve test lint
+.PHONY: install index serve test test-fast lint
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest -q -ra
+
+# The developer's loop: lint, types and every test that needs no session, server or browser.
+test-fast: install lint
+	$(BIN)/pytest -q -ra -m "not slow"

@@ -67,3 +67,25 @@ def prefect_api_url(prefect_harness: None) -> str:
     url = PREFECT_API_URL.value()
     assert url, "the Prefect test harness set no API URL"
     return str(url)
+
+
+#: Tests that run whole sessions, servers or a browser: `make test-fast` leaves them out.
+SLOW = (
+    "resilience/",
+    "deploy/",
+    "browser/",
+    "flows/",
+    "photoindex/test_warm_indexer.py",
+    "api/test_progress_e2e.py",
+    "api/test_schemathesis.py",
+    "tasks/test_cluster_scale.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow tests `slow`, by where they live."""
+    here = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(here).as_posix()
+        if relative.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
