@@ -39,8 +39,24 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and leave with `code`."""
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@app.callback()
+def _valid_settings() -> None:
+    """Read the settings before any command: a wrong one is one line and exit code 2."""
+    from pydantic import ValidationError
+
+    from photoindex.settings import settings_errors
+
+    try:
+        get_settings()
+    except ValidationError as e:
+        lines = settings_errors(e)
+        for line in lines[:-1]:
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise fail(lines[-1]) from None
 
 
 def _prefect(settings: Settings) -> str:
@@ -269,19 +285,47 @@ def check() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [default: PHOTOINDEX_API_HOST, 127.0.0.1]")
+    ] = None,
     port: Annotated[int, typer.Option(help="Port of the API and progress page.")] = 8000,
 ) -> None:
     """Serve the REST API and progress page, with the local Prefect server."""
     import uvicorn
 
+    from api.security import is_loopback
+
     settings = get_settings()
+    host = host or settings.api_host
+    if not is_loopback(host) and settings.api_token is None:
+        raise fail(
+            f"--host {host} would let other machines in without a password: set "
+            "PHOTOINDEX_API_TOKEN (16 characters or more) first, or bind 127.0.0.1"
+        )
     api_url = _prefect(settings)
     console.print(f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}")
+    if not is_loopback(host):
+        console.print(
+            "[yellow]note:[/yellow] plain HTTP: the token crosses the network readable; "
+            "put a TLS proxy in front for anything but a trusted network"
+        )
     from api.app import create_app
+    from api.server import server_config
 
-    app_settings = settings.model_copy(update={"prefect_api_url": api_url})
-    uvicorn.run(create_app(app_settings), host=host, port=port, log_level="warning")
+    app_settings = settings.model_copy(update={"prefect_api_url": api_url, "api_host": host})
+    uvicorn.Server(server_config(create_app(app_settings), app_settings, host, port)).run()
+
+
+@app.command("prefect-env")
+def prefect_env() -> None:
+    """Print `export` lines that point Prefect's own commands (server, deploy, worker) at
+    this data folder's local server, with its auth string: `eval "$(photoindex prefect-env)"`."""
+    from photoindex.prefect_server import PrefectUnavailable, shell_exports
+
+    try:
+        typer.echo(shell_exports(get_settings()))
+    except PrefectUnavailable as e:
+        raise fail(str(e)) from e
 
 
 def main() -> None:
