@@ -262,9 +262,17 @@ def persons(
 
 
 @app.command()
-def check() -> None:
+def check(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="First move unreadable catalog parts aside (the next run redoes them)."
+        ),
+    ] = False,
+) -> None:
     """Check the data folder: catalog, face crops and vectors agree, no half-written files."""
     from tasks.integrity import check_integrity
+    from tasks.integrity import repair as repair_catalog
     from tasks.lock import busy_message, library_holder
     from tasks.vectors import VectorStoreBusy
 
@@ -272,6 +280,9 @@ def check() -> None:
     holder = library_holder(settings)
     if holder is not None:
         raise fail(busy_message(holder, settings) + " Check again when it has finished.", 1)
+    if repair:
+        for line in repair_catalog(settings):
+            console.print(f"repair: {line}", highlight=False, soft_wrap=True)
     try:
         problems = check_integrity(settings, store_wait_s=10.0)
     except VectorStoreBusy as e:
