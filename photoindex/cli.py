@@ -327,6 +327,26 @@ def serve(
     uvicorn.Server(server_config(create_app(app_settings), app_settings, host, port)).run()
 
 
+@app.command()
+def gc() -> None:
+    """Housekeeping: compact the catalog, delete expired batch results and old flow runs,
+    rotate logs (bounded by the PHOTOINDEX_GC_* settings)."""
+    from tasks.lock import busy_message, library_holder
+
+    settings = get_settings()
+    holder = library_holder(settings)
+    if holder is not None:
+        raise fail(busy_message(holder, settings) + " Run gc when it has finished.", 1)
+    _prefect(settings)
+    from tasks.housekeeping import housekeeping
+
+    summary = housekeeping(settings)
+    for line in summary.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    if summary.skipped:
+        raise typer.Exit(1)
+
+
 @app.command("prefect-env")
 def prefect_env() -> None:
     """Print `export` lines that point Prefect's own commands (server, deploy, worker) at

@@ -42,7 +42,7 @@ def fresh_settings() -> Iterator[None]:
 @pytest.mark.usefixtures("fresh_settings")
 @pytest.mark.parametrize(
     "command",
-    [["serve"], ["check"], ["persons"], ["search", "a dog"], ["index", "."],
+    [["serve"], ["check"], ["persons"], ["search", "a dog"], ["index", "."], ["gc"],
      ["watch", "00000000-0000-0000-0000-000000000000"], ["prefect-env"]],
 )
 @pytest.mark.parametrize(
