@@ -20,7 +20,6 @@ from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.prefect_server import auth_string, ensure_prefect_api, healthy, stop_server
 from photoindex.settings import Settings
-from tests.environ import environ
 from tests.loopback import LOOPBACK
 from tests.resilience.conftest import Clean
 from tests.resilience.helpers import (
@@ -100,7 +99,8 @@ def test_prefect_server_restart_mid_run(clean: Clean, tmp_path: Path) -> None:
     progress = f"/api/v1/training/sessions/{child.session_id}/progress-unified"
     try:
         with (
-            environ(PREFECT_API_AUTH_STRING=auth),
+            # The API's client is made in TestClient's thread, from this context.
+            temporary_settings(updates={PREFECT_API_AUTH_STRING: auth}),
             TestClient(
                 create_app(api_settings, reader), raise_server_exceptions=False, base_url=LOOPBACK
             ) as api,
