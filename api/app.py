@@ -25,8 +25,9 @@ from api.prefect_reader import (
     SessionConflict,
     SessionNotFound,
 )
-from api.routes import health, pages, persons, progress, search, sessions
+from api.routes import health, login, pages, persons, progress, search, sessions
 from api.schemas import FieldError, ValidationErrorResponse
+from api.security import Doors, DoorsMiddleware
 from photoindex.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -151,9 +152,12 @@ def create_app(
     app.state.settings = settings
     app.state.reader = reader
     app.state.search = searcher
+    app.state.doors = Doors.from_settings(settings)
+    app.add_middleware(DoorsMiddleware, doors=app.state.doors)
     for module in (progress, sessions, search, persons, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(pages.router)
+    app.include_router(login.router)
     app.add_api_route(
         "/healthz", health.healthz, include_in_schema=False, response_model=None
     )

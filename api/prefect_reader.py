@@ -41,6 +41,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact, FlowRun, State, StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_AUTH_STRING
 from prefect.states import Cancelled, Cancelling
 
 from api.progress import (
@@ -204,7 +205,10 @@ class PrefectReader:
 
     def _default_client(self) -> PrefectClient:
         if self.settings.prefect_api_url:
-            return PrefectClient(self.settings.prefect_api_url)
+            # The local server wants its auth string, exported by ensure_prefect_api.
+            return PrefectClient(
+                self.settings.prefect_api_url, auth_string=PREFECT_API_AUTH_STRING.value()
+            )
         return get_client()
 
     @property

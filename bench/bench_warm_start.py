@@ -166,9 +166,11 @@ def warm(label: str, folder: Path, period_s: float) -> Run:
 
 
 def wipe(data: Path) -> None:
-    """A fresh catalog, vectors and crops (models, Prefect history stay)."""
-    for name in ("catalog", "qdrant", "crops", "catalog.duckdb"):
-        path = data / name
+    """A fresh catalog, vectors, crops and persisted batch results (models and Prefect's
+    history stay), so the next session computes everything again."""
+    results = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
+    for path in [*(data / name for name in ("catalog", "qdrant", "crops", "catalog.duckdb")),
+                 results]:  # fmt: skip
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -250,6 +252,7 @@ def main() -> None:
         shutil.rmtree(set_b / "new")
         warm("(reset: forget the new photos)", set_b, args.period)
         add_new(set_b, extra, args.new)
+        shutil.rmtree(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])  # compute them again
         memory = indexer_memory(indexer.pid)
     finally:
         indexer.terminate()

@@ -14,7 +14,7 @@ from flows.embed_images import embed_images
 from flows.runners import shared_cluster, task_runner
 from photoindex.launch import session_name, session_started
 from photoindex.phases import SESSION_FLOW
-from photoindex.settings import get_settings
+from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog
 from tasks.lock import library_lock
 from tasks.phase import PhaseSummary
@@ -41,6 +41,7 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
             summaries.append(detect_faces.with_options(task_runner=runner)(folder))
             summaries.append(cluster_faces.with_options(task_runner=runner)())
         Catalog().write_duckdb_file()
+        tidy(settings)
     for s in summaries:
         log.info(
             "%s: %d items, %d new, %d reused, %d skipped, %d failed in %.1f s",
@@ -53,6 +54,22 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
             s.seconds,
         )
     return summaries
+
+
+def tidy(settings: Settings) -> None:
+    """Housekeeping after the work, bounded by the PHOTOINDEX_GC_* settings: compact the
+    catalog's parts, delete expired batch results and old runs, rotate logs. A failure
+    here is logged; it never costs the session its result."""
+    from tasks.housekeeping import housekeeping
+
+    log = get_run_logger()
+    try:
+        summary = housekeeping(settings)
+    except OSError as err:
+        log.warning("housekeeping skipped: %s", err)
+        return
+    for line in summary.lines():
+        log.info("housekeeping: %s", line)
 
 
 def _run_folder() -> str:

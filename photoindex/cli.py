@@ -35,8 +35,24 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and leave with `code`."""
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@app.callback()
+def _valid_settings() -> None:
+    """Read the settings before any command: a wrong one is one line and exit code 2."""
+    from pydantic import ValidationError
+
+    from photoindex.settings import settings_errors
+
+    try:
+        get_settings()
+    except ValidationError as e:
+        lines = settings_errors(e)
+        for line in lines[:-1]:
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise fail(lines[-1]) from None
 
 
 def _prefect(settings: Settings) -> str:
@@ -265,9 +281,17 @@ def persons(
 
 
 @app.command()
-def check() -> None:
+def check(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="First move unreadable catalog parts aside (the next run redoes them)."
+        ),
+    ] = False,
+) -> None:
     """Check the data folder: catalog, face crops and vectors agree, no half-written files."""
     from tasks.integrity import check_integrity
+    from tasks.integrity import repair as repair_catalog
     from tasks.lock import busy_message, library_holder
     from tasks.vectors import VectorStoreBusy
 
@@ -275,6 +299,9 @@ def check() -> None:
     holder = library_holder(settings)
     if holder is not None:
         raise fail(busy_message(holder, settings) + " Check again when it has finished.", 1)
+    if repair:
+        for line in repair_catalog(settings):
+            console.print(f"repair: {line}", highlight=False, soft_wrap=True)
     try:
         problems = check_integrity(settings, store_wait_s=10.0)
     except VectorStoreBusy as e:
@@ -288,7 +315,9 @@ def check() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [default: PHOTOINDEX_API_HOST, 127.0.0.1]")
+    ] = None,
     port: Annotated[int, typer.Option(help="Port of the API and progress page.")] = 8000,
     warm: Annotated[
         bool,
@@ -302,17 +331,63 @@ def serve(
     """Serve the REST API and progress page, with the local Prefect server."""
     import uvicorn
 
+    from api.security import is_loopback
+
     settings = get_settings()
+    host = host or settings.api_host
+    if not is_loopback(host) and settings.api_token is None:
+        raise fail(
+            f"--host {host} would let other machines in without a password: set "
+            "PHOTOINDEX_API_TOKEN (16 characters or more) first, or bind 127.0.0.1"
+        )
     api_url = _prefect(settings)
     console.print(f"photoindex on http://{host}:{port}/ — Prefect UI: {ui_url(api_url)}")
+    if not is_loopback(host):
+        console.print(
+            "[yellow]note:[/yellow] plain HTTP: the token crosses the network readable; "
+            "put a TLS proxy in front for anything but a trusted network"
+        )
     if warm:
         from photoindex.indexer import start_indexer
 
         start_indexer(settings)
     from api.app import create_app
+    from api.server import server_config
 
-    app_settings = settings.model_copy(update={"prefect_api_url": api_url})
-    uvicorn.run(create_app(app_settings), host=host, port=port, log_level="warning")
+    app_settings = settings.model_copy(update={"prefect_api_url": api_url, "api_host": host})
+    uvicorn.Server(server_config(create_app(app_settings), app_settings, host, port)).run()
+
+
+@app.command()
+def gc() -> None:
+    """Housekeeping: compact the catalog, delete expired batch results and old flow runs,
+    rotate logs (bounded by the PHOTOINDEX_GC_* settings)."""
+    from tasks.lock import busy_message, library_holder
+
+    settings = get_settings()
+    holder = library_holder(settings)
+    if holder is not None:
+        raise fail(busy_message(holder, settings) + " Run gc when it has finished.", 1)
+    _prefect(settings)
+    from tasks.housekeeping import housekeeping
+
+    summary = housekeeping(settings)
+    for line in summary.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    if summary.skipped:
+        raise typer.Exit(1)
+
+
+@app.command("prefect-env")
+def prefect_env() -> None:
+    """Print `export` lines that point Prefect's own commands (server, deploy, worker) at
+    this data folder's local server, with its auth string: `eval "$(photoindex prefect-env)"`."""
+    from photoindex.prefect_server import PrefectUnavailable, shell_exports
+
+    try:
+        typer.echo(shell_exports(get_settings()))
+    except PrefectUnavailable as e:
+        raise fail(str(e)) from e
 
 
 @app.command()

@@ -1,15 +1,25 @@
-"""Find the Prefect API, or start and supervise a local Prefect server for it."""
+"""Find the Prefect API, or start and supervise a local Prefect server for it.
+
+The local server is locked to this data folder: it requires a random auth string kept
+with mode 0600 in `PREFECT_HOME/auth-string`, answers cross-origin requests only from its
+own UI, and wants a CSRF token on every state-changing request. Prefect has no Host
+allow-list; the auth string is what keeps a rebound page out (a browser never has it).
+"""
 
 from __future__ import annotations
 
 import atexit
+import base64
 import ctypes
 import logging
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -29,8 +39,91 @@ OFFLINE_ENV = {
 }
 
 
+AUTH_USER = "photoindex"
+AUTH_FILE = "auth-string"
+
+
 class PrefectUnavailable(RuntimeError):
     """The Prefect API cannot be reached or started."""
+
+
+def auth_string_path(settings: Settings) -> Path:
+    """Where the local server's auth string lives: in its PREFECT_HOME, mode 0600."""
+    return settings.prefect_home.resolve() / AUTH_FILE
+
+
+def auth_string(settings: Settings) -> str:
+    """This data folder's Prefect auth string (`user:password`), created once, mode 0600.
+
+    Two processes creating it at once agree: the first link wins, the other reads it.
+    """
+    path = auth_string_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        tmp = path.with_name(f".{AUTH_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{AUTH_USER}:{secrets.token_urlsafe(32)}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        logger.warning("%s was readable by others; making it private (0600)", path)
+        path.chmod(0o600)
+    text = path.read_text().strip()
+    if ":" not in text:
+        raise PrefectUnavailable(f"{path} holds no `user:password` auth string; delete it")
+    return text
+
+
+def ui_origins(settings: Settings) -> list[str]:
+    """The origins the local server's own UI (and API) is served from."""
+    port = settings.prefect_port
+    return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """Prefect settings that lock the local server to this data folder, for server and clients."""
+    auth = auth_string(settings)
+    return {
+        "PREFECT_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(ui_origins(settings)),
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
+    }
+
+
+def local_api_url(settings: Settings) -> str:
+    """The API URL of the local server photoindex starts."""
+    return f"http://127.0.0.1:{settings.prefect_port}/api"
+
+
+def shell_exports(settings: Settings) -> str:
+    """`export` lines for a shell that runs Prefect's own commands against the local server."""
+    env = server_env(settings, local_api_url(settings))
+    env.pop("PREFECT_LOGGING_LEVEL")  # the worker's INFO log is what people watch
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def _basic(auth: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def _accepts(api_url: str, auth: str | None) -> bool:
+    """Whether the server answers an authenticated-only endpoint with these credentials."""
+    headers = _basic(auth) if auth else {}
+    try:
+        response = httpx.get(api_url.rstrip("/") + "/admin/version", headers=headers, timeout=5)
+    except httpx.HTTPError as e:
+        raise PrefectUnavailable(f"the Prefect server at {api_url} stopped answering: {e}") from e
+    return response.status_code == 200
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -42,11 +135,10 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
 
 
 def server_env(settings: Settings, api_url: str) -> dict[str, str]:
-    """Environment for our processes: the API URL, offline telemetry, Prefect's home."""
-    env = dict(OFFLINE_ENV)
-    env["PREFECT_API_URL"] = api_url
-    env["PREFECT_HOME"] = str(settings.prefect_home.resolve())
-    return env
+    """Environment for our processes: Prefect's home, the API URL and its auth string,
+    the server's CORS and CSRF settings, offline telemetry."""
+    env = {"PREFECT_HOME": str(settings.prefect_home.resolve()), "PREFECT_API_URL": api_url}
+    return env | security_env(settings) | OFFLINE_ENV
 
 
 def ensure_prefect_api(
@@ -54,15 +146,30 @@ def ensure_prefect_api(
 ) -> tuple[str, subprocess.Popen[bytes] | None]:
     """Return the API URL to use, starting a local server if none is configured or running.
 
-    The URL is exported to this process's environment so that Prefect and the
-    processes it starts use it. A server we start is stopped when we exit.
+    The URL and the local server's auth string are exported to this process's
+    environment so that Prefect and the processes it starts use them. A server we
+    start is stopped when we exit. A server already answering on the port is reused
+    only if it takes this data folder's auth string.
     """
     if settings.prefect_api_url:
         os.environ.update(OFFLINE_ENV | {"PREFECT_API_URL": settings.prefect_api_url})
         return settings.prefect_api_url, None
-    api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
-    os.environ.update(server_env(settings, api_url))
+    api_url = local_api_url(settings)
+    env = server_env(settings, api_url)
+    os.environ.update(env)
     if healthy(api_url):
+        if not _accepts(api_url, env["PREFECT_API_AUTH_STRING"]):
+            raise PrefectUnavailable(
+                f"the Prefect server on port {settings.prefect_port} refuses this data "
+                f"folder's auth string ({auth_string_path(settings)}): it belongs to another "
+                "data folder; stop it or set PHOTOINDEX_PREFECT_PORT"
+            )
+        if _accepts(api_url, None):
+            logger.warning(
+                "the Prefect server on port %s takes requests without an auth string: any web "
+                "page can drive it; restart it as the README's 'Deploy and schedule' says",
+                settings.prefect_port,
+            )
         return api_url, None
     home = settings.prefect_home.resolve()
     home.mkdir(parents=True, exist_ok=True)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import types
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "PHOTOINDEX_"
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
     """Infrastructure settings, read from `PHOTOINDEX_*` environment variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PHOTOINDEX_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
     )
 
     data_dir: Path = Path("./photoindex-data")
@@ -51,7 +58,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 200_000_000
     progress_interval_s: float = 1.0
 
-    library_roots: list[Path] = Field(default_factory=list)
+    library_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders the API may index: separated by os.pathsep, or a JSON list.",
+    )
     stall_after_s: float = 120.0
     fail_after_s: float = Field(
         default=900.0,
@@ -66,6 +76,65 @@ class Settings(BaseSettings):
         default=300.0,
         description="The warm indexer unloads models idle this long (0 = never), as Immich does",
     )
+
+    # The API's doors (api/security.py) and limits (api/server.py).
+    api_host: str = Field(default="127.0.0.1", description="Address `photoindex serve` binds")
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token (and login) the API requires; needed to bind beyond loopback.",
+    )
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Host names the API answers to, besides loopback and its bind address.",
+    )
+    api_max_body_bytes: int = Field(default=65_536, ge=1024, description="Largest request body")
+    api_max_connections: int = Field(
+        default=256, ge=4, description="Open connections at most; more are closed at once"
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must arrive within this time"
+    )
+    api_keep_alive_s: int = Field(default=5, ge=1, description="Idle keep-alive connections close")
+    api_max_header_bytes: int = Field(default=16_384, ge=1024, description="Largest header block")
+
+    # Housekeeping (tasks/housekeeping.py, `photoindex gc`).
+    gc_max_parts: int = Field(
+        default=64, ge=2, description="A catalog table with more Parquet parts is compacted"
+    )
+    gc_keep_runs_days: float = Field(
+        default=30.0, ge=0, description="Finished flow runs older than this are deleted"
+    )
+    gc_max_run_deletions: int = Field(
+        default=1000, ge=0, description="At most this many flow runs deleted per housekeeping"
+    )
+    gc_keep_results_days: float = Field(
+        default=7.0, ge=0, description="Persisted batch results older than this are deleted"
+    )
+    gc_max_log_bytes: int = Field(
+        default=10_000_000, ge=1024, description="A log file larger than this is rotated"
+    )
+    gc_keep_logs: int = Field(default=3, ge=0, description="Rotated copies kept of each log")
+    gc_keep_session_logs: int = Field(
+        default=50, ge=0, description="Session log files kept, newest first"
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("library_roots", "api_allowed_hosts", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        """A JSON list, or items separated by os.pathsep (as PATH is); blanks are dropped."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item for item in text.split(os.pathsep) if item.strip()]
 
     @property
     def batches_in_flight(self) -> int:
@@ -96,6 +165,45 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.data_dir / "prefect"
+
+
+def _expected(annotation: Any) -> str:
+    """What a setting of this type looks like, in words."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is Annotated:
+        return _expected(args[0])
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _expected(args[0])
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin is list:
+        return f"items separated by {os.pathsep!r}, or a JSON list such as [\"/photos\"]"
+    words = {
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        Path: "a path",
+        SecretStr: f"a secret of {MIN_TOKEN_CHARS} characters or more",
+    }
+    return words.get(annotation, "text")
+
+
+def settings_errors(error: ValidationError) -> list[str]:
+    """One line per invalid setting: the variable, what it holds and the form expected."""
+    lines = []
+    for e in error.errors():
+        loc = [str(part) for part in e.get("loc", ())]
+        name = loc[0] if loc else "?"
+        field = Settings.model_fields.get(name)
+        var = ENV_PREFIX + name.upper()
+        given = os.environ.get(var)
+        secret = field is not None and field.annotation == SecretStr | None
+        shown = f"={given!r}" if given is not None and len(given) <= 80 and not secret else ""
+        why = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        expected = _expected(field.annotation) if field is not None else "a valid value"
+        lines.append(f"{var}{shown} is invalid ({why}); expected {expected}")
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -1,11 +1,20 @@
-"""The catalog: Parquet parts written atomically, read through DuckDB views."""
+"""The catalog: Parquet parts written durably, read through DuckDB views.
+
+Every file is written to a temporary name, flushed to disk, renamed into place and its
+folder flushed, so a power cut leaves the old file or the new one, never an empty one.
+Readers skip a part that is unreadable anyway (an older crash, a copy gone wrong) and
+name it in the log; `photoindex check` lists it and `--repair` moves it aside. The
+`persons` and `person_faces` tables are one generation, switched by one rename.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -125,17 +134,84 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    if os.name == "nt":  # Windows cannot open a folder; NTFS journals renames itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_durably(tmp: Path, dest: Path) -> None:
+    """Flush a written temporary file, rename it over `dest`, flush the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
 def write_parquet_atomic(table: pa.Table, dest: Path) -> None:
-    """Write a Parquet file so that readers see all of it or none of it."""
+    """Write a Parquet file so that readers, and a power cut, see all of it or none of it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".parquet.part")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".parquet.part")
     os.close(fd)
+    tmp = Path(name)
     try:
         pq.write_table(table, tmp)
-        os.replace(tmp, dest)
+        install_durably(tmp, dest)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, dest: Path) -> None:
+    """Write a small text file durably: all of it or the old one."""
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        install_durably(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_readable: dict[str, tuple[int, int, bool]] = {}
+"""Parts already judged, by path: (size, mtime_ns, readable). A part is never rewritten in
+place, so a changed size or mtime means another file."""
+
+
+def readable_part(path: Path) -> bool:
+    """Whether a Parquet part's footer reads; an unreadable one is logged once and skipped."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False  # moved aside or compacted away since it was listed
+    known = _readable.get(str(path))
+    if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+        return known[2]
+    try:
+        pq.read_metadata(path)
+        ok = True
+    except (OSError, pa.ArrowException) as err:
+        logger.warning(
+            "skipping unreadable catalog part %s (%s); `photoindex check --repair` moves it aside",
+            path,
+            err,
+        )
+        ok = False
+    _readable[str(path)] = (st.st_size, st.st_mtime_ns, ok)
+    return ok
+
+
+PEOPLE_TABLES = ("persons", "person_faces")
+PEOPLE_DIR = "people"
+PEOPLE_GRACE_S = 60.0
+CURRENT = "CURRENT"
+"""`people/CURRENT` names the generation folder that holds both people tables."""
 
 
 class Catalog:
@@ -157,15 +233,65 @@ class Catalog:
 
     def replace(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         """Replace a whole table with these rows, atomically."""
+        if table in PEOPLE_TABLES:
+            other = next(t for t in PEOPLE_TABLES if t != table)
+            self.replace_people(**{table: rows, other: self.query(f"SELECT * FROM {other}")})
+            return
         dest = self.root / table / "current.parquet"
         write_parquet_atomic(pa.Table.from_pylist(list(rows), schema=_SCHEMAS[table]), dest)
 
+    def replace_people(
+        self, persons: Sequence[dict[str, Any]], person_faces: Sequence[dict[str, Any]]
+    ) -> None:
+        """Replace persons and their faces together: a reader sees both old or both new.
+
+        Both go into a new generation folder, then one rename of `people/CURRENT` switches
+        to it. Older generations stay for a minute, for readers that opened one just before.
+        """
+        people = self.root / PEOPLE_DIR
+        generation = f"g{now_utc():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
+        for table, rows in (("persons", persons), ("person_faces", person_faces)):
+            part = pa.Table.from_pylist(list(rows), schema=_SCHEMAS[table])
+            write_parquet_atomic(part, people / generation / f"{table}.parquet")
+        previous = self._people_generation()
+        write_text_atomic(generation + "\n", people / CURRENT)
+        stale = time.time() - PEOPLE_GRACE_S
+        for old in people.iterdir():
+            if old.is_dir() and old.name not in (generation, previous):
+                if old.stat().st_mtime < stale:
+                    shutil.rmtree(old, ignore_errors=True)
+        for legacy in PEOPLE_TABLES:  # data folders from before generations
+            shutil.rmtree(self.root / legacy, ignore_errors=True)
+
     # reading -----------------------------------------------------------------
-    def _glob(self, table: str) -> str | None:
-        folder = self.root / table
-        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+    def _people_generation(self) -> str | None:
+        try:
+            name = (self.root / PEOPLE_DIR / CURRENT).read_text().strip()
+        except FileNotFoundError:
             return None
-        return str(folder / "*.parquet")
+        return name or None
+
+    def parts(self, table: str, generation: str | None = None) -> list[Path]:
+        """The readable Parquet files of a table, as of now; unreadable ones are skipped.
+
+        Pass the people `generation` read once to get both people tables of the same one.
+        """
+        if table in PEOPLE_TABLES and generation is None:
+            generation = self._people_generation()
+        if table in PEOPLE_TABLES and generation is not None:
+            files = [self.root / PEOPLE_DIR / generation / f"{table}.parquet"]
+        else:
+            folder = self.root / table
+            files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        return [f for f in files if readable_part(f)]
+
+    def _source(self, table: str, generation: str | None) -> str | None:
+        """A DuckDB list literal of a table's readable parts, or None if it has none."""
+        files = self.parts(table, generation)
+        if not files:
+            return None
+        quoted = ("'" + str(f.resolve()).replace("'", "''") + "'" for f in files)
+        return "[" + ", ".join(quoted) + "]"
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the catalog's views; no file lock taken."""
@@ -174,15 +300,15 @@ class Catalog:
         return con
 
     def _create_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        generation = self._people_generation()
         for table, sql in _VIEWS.items():
-            glob = self._glob(table)
-            if glob is None:
+            source = self._source(table, generation)
+            if source is None:
                 empty = pa.Table.from_pylist([], schema=_SCHEMAS[table])
                 con.register(f"_empty_{table}", empty)
                 con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
             else:
-                literal = "'" + glob.replace("'", "''") + "'"
-                con.execute(f"CREATE OR REPLACE VIEW {table} AS " + sql.format(glob=literal))
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS " + sql.format(glob=source))
         con.execute(f"CREATE OR REPLACE VIEW images AS {_IMAGES_VIEW}")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -269,26 +395,49 @@ class Catalog:
         return path
 
     def write_duckdb_file(self) -> Path:
-        """(Re)write `catalog.duckdb` with views over the Parquet files, for plain `duckdb`."""
+        """(Re)write `catalog.duckdb` with views over the Parquet files, for plain `duckdb`.
+
+        It is built under a temporary name, checkpointed, reopened to check that every
+        view is there, and only then renamed over the old one: a failure (a full disk)
+        raises and leaves the old file, with no temporary file or WAL behind.
+        """
         dest = self.settings.data_dir / "catalog.duckdb"
-        tmp = dest.with_suffix(".duckdb.tmp")
-        tmp.unlink(missing_ok=True)
-        con = duckdb.connect(str(tmp))
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        leftovers = (tmp, tmp.with_name(tmp.name + ".wal"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        views = [*_VIEWS, "images"]
         try:
-            for table in _VIEWS:
-                glob = self._glob(table)
-                if glob is None:
-                    cols = ", ".join(
-                        f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in _SCHEMAS[table]
-                    )
-                    con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE false")
-                else:
-                    literal = "'" + str(Path(glob).resolve()).replace("'", "''") + "'"
-                    con.execute(f"CREATE VIEW {table} AS " + _VIEWS[table].format(glob=literal))
-            con.execute(f"CREATE VIEW images AS {_IMAGES_VIEW}")
+            con = duckdb.connect(str(tmp))
+            try:
+                generation = self._people_generation()
+                for table in _VIEWS:
+                    source = self._source(table, generation)
+                    if source is None:
+                        cols = ", ".join(
+                            f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}"
+                            for f in _SCHEMAS[table]
+                        )
+                        con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE false")
+                    else:
+                        con.execute(f"CREATE VIEW {table} AS " + _VIEWS[table].format(glob=source))
+                con.execute(f"CREATE VIEW images AS {_IMAGES_VIEW}")
+                con.execute("CHECKPOINT")  # into the file now, where a full disk raises
+            finally:
+                con.close()
+            check = duckdb.connect(str(tmp), read_only=True)
+            try:
+                rows = check.execute("SELECT view_name FROM duckdb_views()").fetchall()
+                found = {str(r[0]) for r in rows}
+            finally:
+                check.close()
+            if missing := set(views) - found:
+                raise OSError(f"{tmp} was written without the views {sorted(missing)}")
+            dest.with_name(dest.name + ".wal").unlink(missing_ok=True)  # the old file's
+            install_durably(tmp, dest)
         finally:
-            con.close()
-        os.replace(tmp, dest)
+            for path in leftovers:
+                path.unlink(missing_ok=True)
         return dest
 
 

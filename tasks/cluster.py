@@ -403,8 +403,7 @@ class ClusterPhase(Phase[FaceSet, Embeddings, Clusters]):
                     "updated_at": updated,
                 }
             )
-        self.catalog.replace("person_faces", person_faces)
-        self.catalog.replace("persons", persons)
+        self.catalog.replace_people(persons, person_faces)
         logger.info("%d faces -> %d persons", len(result.face_ids), len(persons))
         return BatchOutcome(
             [self.status(result.fingerprint, f"{len(result.face_ids)} faces", "indexed")]

@@ -8,15 +8,18 @@ a temporary file open and batches half-recorded.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoindex.settings import Settings, get_settings
-from tasks.catalog import Catalog
+from tasks.catalog import Catalog, fsync_dir
 from tasks.vectors import close_clients, collection_name, get_client, point_id, points
 
 #: The name pattern of a Parquet part being written (see `write_parquet_atomic`).
@@ -25,6 +28,11 @@ PARQUET_TEMP_GLOB = ".tmp-*.parquet.part"
 CROP_TEMP_GLOB = "*.jpg.tmp"
 #: At most this many examples are named per kind of problem; the rest are counted.
 EXAMPLES = 5
+#: Where `repair` moves what it takes out of the catalog, under the data folder.
+QUARANTINE = "quarantine"
+DUCKDB_VIEWS = {"images", "status", "faces", "files", "persons", "person_faces"}
+
+logger = logging.getLogger(__name__)
 
 
 def check_integrity(settings: Settings | None = None, store_wait_s: float = 0.0) -> list[str]:
@@ -41,10 +49,8 @@ def check_integrity(settings: Settings | None = None, store_wait_s: float = 0.0)
     `tasks.vectors.VectorStoreBusy`.
     """
     settings = settings or get_settings()
-    problems = _files(settings)
-    if any(p.startswith("unreadable") for p in problems):
-        return problems  # the views cannot be trusted over a broken part
-    catalog = Catalog(settings)
+    problems = _files(settings) + _duckdb_file(settings)
+    catalog = Catalog(settings)  # its views skip unreadable parts: check the rest anyway
     problems += _views(catalog)
     problems += _faces(catalog, settings)
     problems += _persons(catalog)
@@ -74,13 +80,76 @@ def _files(settings: Settings) -> list[str]:
             try:
                 pq.read_table(part)
             except (OSError, pa.ArrowException) as err:
-                problems.append(f"unreadable catalog part {part}: {err}")
+                problems.append(
+                    f"unreadable catalog part {part} ({err}); queries skip it, and "
+                    "`photoindex check --repair` moves it aside"
+                )
     if settings.crops_dir.is_dir():
         problems += _named(
             "stray temporary crop file (an interrupted write)",
             (str(p) for p in settings.crops_dir.rglob(CROP_TEMP_GLOB)),
         )
     return problems
+
+
+def _unreadable_parts(settings: Settings) -> list[Path]:
+    parts = []
+    for part in sorted(settings.catalog_dir.rglob("*.parquet")):
+        try:
+            pq.read_table(part)
+        except (OSError, pa.ArrowException):
+            parts.append(part)
+    return parts
+
+
+def _duckdb_file(settings: Settings) -> list[str]:
+    """`catalog.duckdb`, if there is one, opens and has every view; no WAL or temp file left."""
+    dest = settings.data_dir / "catalog.duckdb"
+    problems = _named(
+        "stray temporary or WAL file of catalog.duckdb (an interrupted write)",
+        (str(p) for p in settings.data_dir.glob(".tmp-catalog.duckdb*")),
+    )
+    if dest.with_name(dest.name + ".wal").exists():
+        problems.append(f"{dest}.wal is left over from an interrupted write")
+    if not dest.exists():
+        return problems
+    try:
+        con = duckdb.connect(str(dest), read_only=True)
+        try:
+            rows = con.execute("SELECT view_name FROM duckdb_views()").fetchall()
+        finally:
+            con.close()
+    except duckdb.Error as err:
+        return [*problems, f"{dest} cannot be opened: {err}"]
+    found = {str(r[0]) for r in rows}
+    if missing := DUCKDB_VIEWS - found:
+        problems.append(f"{dest} lacks the views {', '.join(sorted(missing))}")
+    return problems
+
+
+def repair(settings: Settings | None = None) -> list[str]:
+    """Move unreadable and half-written catalog parts aside, into `DATA_DIR/quarantine`,
+    and rewrite `catalog.duckdb`; returns what was done, one line each.
+
+    The work those parts recorded is done again by the next run of the folder.
+    """
+    settings = settings or get_settings()
+    root = settings.catalog_dir
+    done: list[str] = []
+    if root.is_dir():
+        moved = _unreadable_parts(settings) + sorted(root.rglob(PARQUET_TEMP_GLOB))
+        for part in moved:
+            aside = settings.data_dir / QUARANTINE / part.relative_to(root)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(part, aside)
+            fsync_dir(part.parent)
+            done.append(f"moved {part} to {aside}")
+    for stray in settings.data_dir.glob(".tmp-catalog.duckdb*"):
+        stray.unlink()
+        done.append(f"deleted {stray}")
+    dest = Catalog(settings).write_duckdb_file()
+    done.append(f"rewrote {dest}")
+    return done
 
 
 def _views(catalog: Catalog) -> list[str]:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
+from tests.loopback import LOOPBACK
 
 Progress = dict[str, Any]
 
@@ -23,7 +24,8 @@ def api(prefect_api_url: str) -> Iterator[TestClient]:
     """The real API on the harness, with the seed's weights (no calibration)."""
     settings = Settings(prefect_api_url=prefect_api_url)
     reader = PrefectReader(settings, cache_ttl_s=0.2, calibration_sessions=0)
-    with TestClient(create_app(settings, reader), raise_server_exceptions=False) as client:
+    app = create_app(settings, reader)
+    with TestClient(app, raise_server_exceptions=False, base_url=LOOPBACK) as client:
         yield client
 
 

@@ -14,6 +14,7 @@ from api.prefect_reader import PrefectReader, get_unified_progress
 from photoindex.settings import Settings
 from tests.api.conftest import Progress, progress_of, wait_for
 from tests.api.drivable import Driver
+from tests.loopback import LOOPBACK
 
 
 def phase_current(key: str, value: int) -> object:
@@ -288,7 +289,8 @@ def test_silent_session_turns_failed_and_is_listed_so(prefect_api_url: str) -> N
     the list; a paused one stays paused however long it waits (limits here 1.5 s and 3 s)."""
     settings = Settings(prefect_api_url=prefect_api_url, stall_after_s=1.5, fail_after_s=3.0)
     reader = PrefectReader(settings, cache_ttl_s=0, calibration_sessions=0)
-    with TestClient(create_app(settings, reader), raise_server_exceptions=False) as client:
+    app = create_app(settings, reader)
+    with TestClient(app, raise_server_exceptions=False, base_url=LOOPBACK) as client:
         paused = Driver(images=100, face_items=10)
         pid = paused.start()
         paused.advance("embed", 20)

@@ -19,6 +19,7 @@ from api.library import PersonDirectory, SearchResult, SessionLauncher, TextSear
 from api.prefect_reader import PrefectReader
 from api.schemas import SearchHit
 from photoindex.settings import Settings
+from tests.loopback import LOOPBACK
 
 UNREACHABLE = "http://127.0.0.1:9/api"
 
@@ -82,7 +83,7 @@ def client(library: Path, data: Path, launcher: FakeLauncher) -> Iterator[TestCl
     app.dependency_overrides[get_launcher] = lambda: launcher
     app.dependency_overrides[get_search] = lambda: FakeSearch(settings)
     app.dependency_overrides[get_persons] = lambda: FakeDirectory(settings)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOOPBACK) as c:
         yield c
 
 

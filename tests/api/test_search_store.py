@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.library import LocalStoreHolder, SearchResult, TextSearch
 from photoindex.settings import Settings
+from tests.loopback import LOOPBACK
 
 # Another process, as an index run would be: for each folder read, says whether it could
 # open the local store there ("free") or found it locked ("held").
@@ -146,7 +147,7 @@ def test_an_index_run_holding_the_store_makes_search_503_until_it_is_done(
     try:
         assert holder.stdout.readline().strip() == "held"
         app = create_app(library, text_search=TextSearch(library, idle_close_s=0.5))
-        with TestClient(app, raise_server_exceptions=False) as client:
+        with TestClient(app, raise_server_exceptions=False, base_url=LOOPBACK) as client:
             busy = client.get("/api/v1/search", params={"q": "a dog"})
             assert busy.status_code == 503, busy.text
             assert "in use by another process" in busy.json()["detail"]

@@ -1,9 +1,10 @@
 """The deployment end to end: the README's commands against a real Prefect server and worker.
 
-`prefect server start` (through photoindex's own supervisor), then exactly the README's
-`prefect work-pool create`, `prefect --no-prompt deploy --all` from the checkout and
-`prefect worker start`. The test harness's server is not enough here: it runs without
-the scheduler service, so cron schedules would never create runs on it.
+Exactly the README's shell: `eval "$(photoindex prefect-env)"` (the local server's
+address and auth string), `prefect server start`, `prefect work-pool create`,
+`prefect --no-prompt deploy --all` from the checkout and `prefect worker start`. The
+test harness's server is not enough here: it runs without the scheduler service, so
+cron schedules would never create runs on it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,14 +25,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPoolStatus
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+from prefect.settings.legacy import Setting
 
 from photoindex.launch import DEPLOYMENT_NAME, submit_via_deployment
-from photoindex.prefect_server import OFFLINE_ENV, ensure_prefect_api, stop_server
+from photoindex.prefect_server import healthy, stop_server
 from photoindex.settings import Settings
 from tasks.catalog import Catalog
 from tasks.discover import hash_file
@@ -38,6 +42,7 @@ from tests.photos import PhotoManifest, make_photo_folder
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+PHOTOINDEX = str(Path(sys.executable).with_name("photoindex"))
 POOL = "local-process"  # as prefect.yaml and the README name it
 
 
@@ -48,6 +53,13 @@ class Stack:
     settings: Settings  # the worker's photoindex settings
     library: PhotoManifest
     logs: Path
+
+    def client_settings(self) -> dict[Setting, str]:
+        """What the README's shell gives a Prefect client: the address and the auth string."""
+        return {
+            PREFECT_API_URL: self.api_url,
+            PREFECT_API_AUTH_STRING: self.env["PREFECT_API_AUTH_STRING"],
+        }
 
 
 def _free_port() -> int:
@@ -70,29 +82,58 @@ def _prefect(stack: Stack, *args: str) -> str:
     return done.stdout
 
 
+def _readme_shell(env: dict[str, str]) -> dict[str, str]:
+    """The environment after the README's `eval "$(.venv/bin/photoindex prefect-env)"`."""
+    script = f'eval "$({shlex.quote(PHOTOINDEX)} prefect-env)" && env -0'
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(item.split("=", 1) for item in done.stdout.split("\0") if item)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Stack]:
-    """A real Prefect server on a free port; a data folder and a small library of its own."""
+    """The README's terminal 1 on a free port; a data folder and a small library of its own."""
     root = tmp_path_factory.mktemp("deploy")
     settings = Settings(data_dir=root / "data", prefect_port=_free_port())
     library = make_photo_folder(root / "library", n_derived=0)
-    # The supervisor exports the server's address to this process; keep that to the stack.
-    with pytest.MonkeyPatch.context() as mp:
-        for key in (*OFFLINE_ENV, "PREFECT_API_URL", "PREFECT_HOME"):
-            mp.delenv(key, raising=False)
-        api_url, server = ensure_prefect_api(settings)
-        env = os.environ.copy()
-    assert server is not None, "a Prefect server already answers on the free port"
-    # The tiny CLIP model of the session's settings, but this stack's own data folder.
-    env |= {
+    # A fresh shell: no Prefect settings of this test session, the tiny CLIP model's
+    # PHOTOINDEX_* settings, but this stack's own data folder, port and library.
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
         "PHOTOINDEX_DATA_DIR": str(settings.data_dir),
+        "PHOTOINDEX_PREFECT_PORT": str(settings.prefect_port),
         "PHOTOINDEX_LIBRARY": str(library.root),
-        "PREFECT_LOGGING_LEVEL": "INFO",
     }
+    env = _readme_shell(shell) | {"PREFECT_LOGGING_LEVEL": "INFO"}
+    api_url = env["PREFECT_API_URL"]
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1"]
+            + ["--port", str(settings.prefect_port)],
+            cwd=CHECKOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+        deadline = time.monotonic() + 240
+        while not healthy(api_url):
+            assert server.poll() is None, "prefect server start exited:\n" + log_path.read_text()
+            assert time.monotonic() < deadline, "the server did not start:\n" + log_path.read_text()
+            time.sleep(0.5)
         yield Stack(api_url, env, settings, library, root)
     finally:
         stop_server(server)
+
+
+def test_the_readme_server_refuses_requests_without_its_auth_string(stack: Stack) -> None:
+    assert httpx.get(stack.api_url + "/admin/version").status_code == 401
+    user, password = stack.env["PREFECT_API_AUTH_STRING"].split(":", 1)
+    assert httpx.get(stack.api_url + "/admin/version", auth=(user, password)).status_code == 200
+    assert (stack.settings.prefect_home / "auth-string").stat().st_mode & 0o077 == 0
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +142,7 @@ def deployed(stack: Stack) -> Iterator[UUID]:
     _prefect(stack, "work-pool", "create", POOL, "--type", "process")
     out = _prefect(stack, "--no-prompt", "deploy", "--all")
     assert f"Deployment '{DEPLOYMENT_NAME}' successfully created" in " ".join(out.split())
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=stack.client_settings()):
         with get_client(sync_client=True) as client:
             yield client.read_deployment_by_name(DEPLOYMENT_NAME).id
 
@@ -109,7 +150,7 @@ def deployed(stack: Stack) -> Iterator[UUID]:
 @pytest.fixture
 def api(stack: Stack) -> Iterator[SyncPrefectClient]:
     """This process talks to the stack's server, not the session's test harness."""
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=stack.client_settings()):
         with get_client(sync_client=True) as client:
             yield client
 
@@ -186,7 +227,7 @@ def worker(deployed: UUID, stack: Stack) -> Iterator[Path]:
 
 
 def _submit(stack: Stack) -> UUID | None:
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=stack.client_settings()):
         return asyncio.run(submit_via_deployment(stack.library.root, faces=True))
 
 

@@ -26,6 +26,7 @@ from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
 from tasks.discover import hash_file
 from tests.environ import environ
+from tests.loopback import LOOPBACK
 from tests.photos import BadCase, make_bad_cases
 from tests.resilience.helpers import (
     ChildSession,
@@ -117,7 +118,7 @@ def test_bad_files_in_a_session_process(
     # The API: completed, 100 %, and each photo phase counts the skipped files, none failed.
     api_settings = Settings(prefect_api_url=prefect_api_url)
     reader = PrefectReader(api_settings, cache_ttl_s=0, calibration_sessions=0)
-    with TestClient(create_app(api_settings, reader)) as client:
+    with TestClient(create_app(api_settings, reader), base_url=LOOPBACK) as client:
         answer = client.get(f"/api/v1/training/sessions/{child.session_id}/progress-unified")
     assert answer.status_code == 200, answer.text
     progress = answer.json()

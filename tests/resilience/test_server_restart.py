@@ -14,12 +14,13 @@ from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from api.app import create_app
 from api.prefect_reader import PrefectReader
-from photoindex.prefect_server import ensure_prefect_api, healthy, stop_server
+from photoindex.prefect_server import auth_string, ensure_prefect_api, healthy, stop_server
 from photoindex.settings import Settings
+from tests.loopback import LOOPBACK
 from tests.resilience.conftest import Clean
 from tests.resilience.helpers import (
     assert_healthy,
@@ -85,14 +86,25 @@ def test_prefect_server_restart_mid_run(clean: Clean, tmp_path: Path) -> None:
     server_settings = Settings(data_dir=data, prefect_api_url=None, prefect_port=_free_port())
     url, server = _start_server(server_settings)
     servers = [server]
-    env = {"PHOTOINDEX_CLIP_BATCH_SIZE": "1", "PHOTOINDEX_FACE_BATCH_SIZE": "2"}
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    auth = auth_string(server_settings)  # the server wants it from every client
+    env = {
+        "PHOTOINDEX_CLIP_BATCH_SIZE": "1",
+        "PHOTOINDEX_FACE_BATCH_SIZE": "2",
+        "PREFECT_API_AUTH_STRING": auth,
+    }
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
         child = start_child_session(clean.folder, data, url, **env)
     api_settings = Settings(prefect_api_url=url)
     reader = PrefectReader(api_settings, cache_ttl_s=0, calibration_sessions=0, timeout_s=3)
     progress = f"/api/v1/training/sessions/{child.session_id}/progress-unified"
     try:
-        with TestClient(create_app(api_settings, reader), raise_server_exceptions=False) as api:
+        with (
+            # The API's client is made in TestClient's thread, from this context.
+            temporary_settings(updates={PREFECT_API_AUTH_STRING: auth}),
+            TestClient(
+                create_app(api_settings, reader), raise_server_exceptions=False, base_url=LOOPBACK
+            ) as api,
+        ):
             wait_until(
                 lambda: count_rows(child.settings, "SELECT count(*) AS n FROM status") >= 2,
                 240,
@@ -116,7 +128,7 @@ def test_prefect_server_restart_mid_run(clean: Clean, tmp_path: Path) -> None:
             status = api.get(progress).json()["overallStatus"]
             assert status in {"running", "completed"}, status
         code = child.wait(300)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
             state, message = flow_run_state(child.session_id)
             if code == 0:
                 # Task runs report through buffered events: none is lost to the outage.
