@@ -108,7 +108,8 @@ def local_api_url(settings: Settings) -> str:
 def shell_exports(settings: Settings) -> str:
     """`export` lines for a shell that runs Prefect's own commands against the local server."""
     env = server_env(settings, local_api_url(settings))
-    env.pop("PREFECT_LOGGING_LEVEL")  # the worker's INFO log is what people watch
+    # The worker's INFO log on the console is what people watch in that terminal.
+    env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
     return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
 
 
