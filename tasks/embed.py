@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
+from tasks.decode import capture_time
 from tasks.discover import ImageRef
 from tasks.images import ImagePhase
 from tasks.models.clip import ClipEmbedder
@@ -40,6 +42,7 @@ class Prepared:
     sizes: list[tuple[int, int]]
     pixels: torch.Tensor | None
     skipped: list[tuple[ImageRef, str]]
+    taken: list[datetime | None] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Embedded:
     sizes: list[tuple[int, int]]
     skipped: list[tuple[ImageRef, str]]
     vectors: np.ndarray
+    taken: list[datetime | None] = field(default_factory=list)
 
 
 #: How long the embed phase waits for a local vector store that another process holds.
@@ -77,15 +81,17 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         sizes: list[tuple[int, int]] = []
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[ImageRef, str]] = []
+        taken: list[datetime | None] = []
         for ref, decoded in self.decode(batch):
             if isinstance(decoded, Exception):
                 skipped.append((ref, decoded.reason))
                 continue
             refs.append(ref)
             sizes.append((decoded.width, decoded.height))
+            taken.append(decoded.taken)
             tensors.append(self.model.preprocess(decoded.image))
         pixels = torch.stack(tensors) if tensors else None
-        return Prepared(refs, sizes, pixels, skipped)
+        return Prepared(refs, sizes, pixels, skipped, taken)
 
     def compute(self, batch: Prepared) -> Embedded:
         vectors = (
@@ -93,7 +99,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             if batch.pixels is None
             else self.model.embed_tensors(batch.pixels)
         )
-        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors)
+        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors, batch.taken)
 
     def store(self) -> VectorStore:
         # A local-mode store may be held briefly by the API's search: wait for it.
@@ -120,8 +126,11 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
                     "width": w,
                     "height": h,
                     "indexed_at": indexed_at,
+                    **capture_time(taken, ref.mtime),
                 }
-                for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
+                for ref, (w, h), taken in zip(
+                    prepared.refs, prepared.sizes, prepared.taken, strict=True
+                )
             ]
             self.store().upsert(result.vectors, payloads)
             rows += [
