@@ -171,3 +171,37 @@ def test_bad_parameters_are_422_naming_the_parameter(
     detail = response.json()["detail"]
     assert detail.startswith("Invalid request: " + named), detail
     assert detail.count(";") == 0, detail
+
+
+def test_the_cli_searches_with_the_same_options(library: tuple[Settings, np.ndarray]) -> None:
+    from typer.testing import CliRunner
+
+    from photoindex.cli import app
+    from photoindex.settings import get_settings
+    from tests.environ import environ
+
+    settings, _ = library
+    env = {
+        "PHOTOINDEX_DATA_DIR": str(settings.data_dir),
+        "PHOTOINDEX_CLIP_MODEL": settings.clip_model,
+        "PHOTOINDEX_CLIP_PRETRAINED": settings.clip_pretrained,
+        "PHOTOINDEX_CLIP_CONFIG": str(settings.clip_config),
+    }
+    runner = CliRunner()
+    with environ(**env):
+        get_settings.cache_clear()
+        try:
+            found = runner.invoke(
+                app, ["search", "--like", sha(1), "--person", "person-abc", "--sort", "oldest"]
+            )
+            both = runner.invoke(app, ["search", "a dog", "--like", sha(1)])
+            dated = runner.invoke(app, ["search", "a dog", "-k", "40", "--after", "2021-01-01"])
+        finally:
+            get_settings.cache_clear()
+    assert found.exit_code == 0, found.output
+    lines = found.output.splitlines()
+    assert [line.split()[-1] for line in lines] == ["/photos/2.jpg", "/photos/5.jpg"]
+    assert lines[0].split()[1] == "2018-03-10"
+    assert both.exit_code == 2 and "not both" in both.output
+    assert dated.exit_code == 0, dated.output
+    assert {line.split()[1][:4] for line in dated.output.splitlines()} == {"2021"}
