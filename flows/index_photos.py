@@ -23,7 +23,7 @@ from photoindex.settings import get_settings
 from tasks.catalog import Catalog
 from tasks.lock import LibraryBusy, busy_message, library_holder, library_lock
 from tasks.phase import PhaseSummary
-from tasks.vectors import close_clients
+from tasks.vectors import close_clients, optimize_if_worth_it
 
 
 def session_name(folder: str) -> str:
@@ -50,6 +50,7 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
             summaries.append(detect_faces.with_options(task_runner=runner)(folder))
             summaries.append(cluster_faces.with_options(task_runner=runner)())
         Catalog().write_duckdb_file()
+        optimize_if_worth_it()  # HNSW after a session that added many points, never during one
     for s in summaries:
         log.info(
             "%s: %d items, %d new, %d reused, %d skipped, %d failed in %.1f s",

@@ -38,6 +38,8 @@ INDEX_MIN_UNINDEXED = 10_000
 20k 512-d points is 5-10 ms; building HNSW for them blocks about 40 s)."""
 HNSW_EF = 128
 """Candidates an HNSW search keeps (Qdrant's default is ef_construct, 100)."""
+SESSION_WAIT_S = 120.0
+"""How long a session waits for an embedded store that the API holds between searches."""
 RETRY_S = 0.05
 """Poll interval while another process holds a shard (a second open fails at once)."""
 
@@ -156,14 +158,29 @@ def stored_points(
     return found
 
 
-def optimize_if_worth_it(settings: Settings | None = None, wait_s: float = 0.0) -> list[str]:
+def optimize_if_worth_it(
+    settings: Settings | None = None, wait_s: float = SESSION_WAIT_S
+) -> list[str]:
     """Build HNSW for each collection that gained many points; the collections indexed.
 
     Call it once at the end of a session (it blocks: about 40 s for 20k new points),
-    never while one writes. A Qdrant server optimizes by itself: nothing to do there.
+    never while one writes. The embedded store is closed after it, releasing its lock.
+    A Qdrant server optimizes by itself: nothing to do there.
     """
+    settings = settings or get_settings()
     backend = get_backend(settings)
-    backend.prepare(wait_s)
+    try:
+        backend.prepare(wait_s)
+        return _optimize(backend, wait_s)
+    except VectorStoreBusy as err:  # searches kept it: the next session indexes instead
+        logger.warning("search index not built: %s", err)
+        return []
+    finally:
+        if not settings.qdrant_url:
+            close_clients()
+
+
+def _optimize(backend: Backend, wait_s: float) -> list[str]:
     done: list[str] = []
     for name in backend.collections():
         backend.open(name, wait_s)
