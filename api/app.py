@@ -25,7 +25,7 @@ from api.prefect_reader import (
     SessionConflict,
     SessionNotFound,
 )
-from api.routes import health, pages, persons, progress, search, sessions
+from api.routes import health, pages, persons, photos, progress, search, sessions
 from api.schemas import FieldError, ValidationErrorResponse
 from photoindex.settings import Settings, get_settings
 
@@ -151,7 +151,7 @@ def create_app(
     app.state.settings = settings
     app.state.reader = reader
     app.state.search = searcher
-    for module in (progress, sessions, search, persons, health):
+    for module in (progress, sessions, search, persons, photos, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(pages.router)
     app.add_api_route(

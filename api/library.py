@@ -435,3 +435,64 @@ class PersonDirectory:
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+THUMB_SIDE = 320
+"""Long side of a thumbnail, in pixels (a grid cell is about 160 px; 2x for sharp screens)."""
+THUMB_QUALITY = 80
+THUMBS = "thumbs"
+"""Folder of cached thumbnails in the data folder: `thumbs/<2 hex>/<sha256>.jpg`."""
+
+
+class PhotoDirectory:
+    """Thumbnails of indexed photos, made on first request and cached in the data folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def thumbnail(self, photo_id: str) -> Path | None:
+        """A small JPEG of an indexed photo (by its sha256); None if no indexed photo has it."""
+        return await anyio.to_thread.run_sync(self._thumbnail, photo_id)
+
+    def _source(self, photo_id: str) -> str | None:
+        """A path where the photo's content lies now, as the catalog's latest scan found it."""
+        import os
+
+        from tasks.catalog import Catalog
+
+        rows = Catalog(self.settings).query(
+            "SELECT f.raw_path FROM files f JOIN images i ON i.sha256 = f.sha256 "
+            "WHERE f.sha256 = ? AND i.status = 'indexed' ORDER BY f.path LIMIT 1",
+            (photo_id,),
+        )
+        return os.fsdecode(rows[0]["raw_path"]) if rows else None
+
+    def _thumbnail(self, photo_id: str) -> Path | None:
+        import os
+        import tempfile
+
+        from tasks.decode import SkipImage, decode_image
+
+        cached = self.settings.data_dir / THUMBS / photo_id[:2] / f"{photo_id}.jpg"
+        if cached.is_file():
+            return cached
+        source = self._source(photo_id)
+        if source is None:
+            return None
+        try:
+            decoded = decode_image(source, max_side=THUMB_SIDE)
+        except SkipImage as err:  # moved or damaged since the scan
+            logger.info("no thumbnail for %s: %s", photo_id, err.reason)
+            return None
+        image = decoded.image
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".", suffix=".jpg.tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                image.save(out, "JPEG", quality=THUMB_QUALITY)
+            os.replace(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return cached
