@@ -129,6 +129,15 @@ def exif_capture_time(img: Image.Image) -> datetime | None:
     return parse_exif_time(raw)
 
 
+def read_capture_time(path: str) -> datetime | None:
+    """EXIF DateTimeOriginal of a file, read from its header without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return exif_capture_time(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
+        return None
+
+
 def parse_exif_time(raw: object) -> datetime | None:
     """An EXIF time ("2021:07:04 15:30:00"); None for blanks such as "0000:00:00 00:00:00"."""
     if isinstance(raw, bytes):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -14,12 +14,12 @@ import torch
 
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
-from tasks.decode import capture_time
+from tasks.decode import capture_time, read_capture_time
 from tasks.discover import ImageRef
 from tasks.images import ImagePhase
 from tasks.models.clip import ClipEmbedder
 from tasks.phase import BatchOutcome
-from tasks.vectors import VectorStore
+from tasks.vectors import TAKEN_AT, VectorStore, point_id
 
 
 @lru_cache(maxsize=4)
@@ -110,6 +110,29 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
 
     def moved(self, refs: Sequence[ImageRef]) -> None:
         self.store().set_paths({ref.sha256: display_path(ref.path) for ref in refs})
+
+    def relocated(
+        self, items: Sequence[ImageRef], done: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        rows = super().relocated(items, done)
+        self.date_undated(items)
+        return rows
+
+    def date_undated(self, items: Sequence[ImageRef]) -> int:
+        """Give points stored before capture times were kept (e.g. a migrated store) their
+        capture time, read from the files' EXIF headers: nothing decoded or re-embedded."""
+        store = self.store()
+        undated = store.without(TAKEN_AT)
+        if not undated:
+            return 0
+        by_id = {point_id(ref.sha256): ref for ref in items}
+        fields = {
+            ref.sha256: capture_time(read_capture_time(ref.path), ref.mtime)
+            for pid in undated
+            if (ref := by_id.get(pid)) is not None
+        }
+        store.set_payloads(fields)
+        return len(fields)
 
     def write(self, result: Embedded) -> BatchOutcome:
         prepared = result

@@ -57,10 +57,16 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     close_clients()
 
 
-def write_local_mode(folder: Path, model_id: str, vecs: np.ndarray, payloads: list[dict]) -> None:  # type: ignore[type-arg]
+def write_local_mode(
+    folder: Path,
+    model_id: str,
+    vecs: np.ndarray,
+    payloads: list[dict[str, object]],
+    moved: str | None = None,
+) -> None:
     """A folder as photoindex wrote it before the embedded engine (qdrant-client local mode,
     `tasks/vectors.py` at ea3cba1): one collection per model, points upserted by content
-    id, then a path moved with set_payload."""
+    id, then (with `moved`, a sha256) that photo's path moved with set_payload."""
     client = QdrantClient(path=str(folder))
     name = collection_name(model_id)
     client.create_collection(
@@ -75,16 +81,17 @@ def write_local_mode(folder: Path, model_id: str, vecs: np.ndarray, payloads: li
             for v, p in zip(vecs, payloads, strict=True)
         ],
     )
-    client.batch_update_points(
-        name,
-        update_operations=[
-            models.SetPayloadOperation(
-                set_payload=models.SetPayload(
-                    payload={"path": "/moved/000.jpg"}, points=[point_id(f"{0:064x}")]
+    if moved is not None:
+        client.batch_update_points(
+            name,
+            update_operations=[
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(
+                        payload={"path": "/moved/000.jpg"}, points=[point_id(moved)]
+                    )
                 )
-            )
-        ],
-    )
+            ],
+        )
     client.close()
 
 
@@ -95,7 +102,7 @@ def test_a_local_mode_folder_is_migrated_with_ids_vectors_and_payloads(
         {k: v for k, v in payload(i).items() if not k.startswith("taken_at")} for i in range(300)
     ]
     vecs = unit(300)
-    write_local_mode(settings.qdrant_dir, MODEL, vecs, old_payloads)
+    write_local_mode(settings.qdrant_dir, MODEL, vecs, old_payloads, moved=f"{0:064x}")
     assert (settings.qdrant_dir / "meta.json").is_file()
 
     store = VectorStore(MODEL, settings)
