@@ -112,6 +112,10 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class ReopenableBackend:
+    """A backend whose `close` only releases what it holds; it opens again on use."""
+
+
 def _where(settings: Settings) -> str:
     return settings.qdrant_url or str(settings.qdrant_dir.resolve())
 
@@ -138,11 +142,17 @@ def get_backend(settings: Settings | None = None) -> Backend:
 
 
 def close_clients() -> None:
-    """Close every open store of this process, releasing the embedded store's folder locks."""
+    """Close every open store of this process, releasing the embedded store's folder locks.
+
+    An embedded backend stays registered (closed): a store still holding it reopens its shard
+    on next use, through the process's one backend for that folder, never a second one (a
+    second open of a shard fails even within one process).
+    """
     with _backends_lock:
-        for backend in _backends.values():
+        for where, backend in list(_backends.items()):
             backend.close()
-        _backends.clear()
+            if not isinstance(backend, ReopenableBackend):
+                del _backends[where]
 
 
 def stored_points(

@@ -48,6 +48,7 @@ from tasks.vectors import (
     HNSW_EF,
     RETRY_S,
     TAKEN_AT,
+    ReopenableBackend,
     SearchFilter,
     VectorStoreBusy,
     point_id,
@@ -102,8 +103,9 @@ def _install(tmp: Path, dest: Path) -> None:
         shutil.rmtree(tmp)
 
 
-class EdgeBackend:
-    """Shards under `root/shards`, opened lazily, kept open until `close`."""
+class EdgeBackend(ReopenableBackend):
+    """Shards under `root/shards`, opened lazily, kept open until `close` (then reopened
+    lazily on the next use)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
