@@ -16,8 +16,9 @@ about 0.75, as real photo embeddings cluster by subject). Local mode is only run
 ratios of both kinds are against that one baseline.
 
 Run from the repository root: `.venv/bin/python -m bench.bench_vectors`
-(defaults: 20k and 100k vectors; 10-20 minutes on the 2-core machine, most of it local
-mode's inserts and HNSW builds at 100k).
+(defaults: 20k and 100k vectors). At 20k a case takes 1-5 minutes on the 2-core machine
+under load; at 100k the HNSW build alone ran past 20 minutes under load average 4-10, so
+use `--sizes 20000` on a busy machine.
 """
 
 from __future__ import annotations

@@ -338,6 +338,7 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/api/v1/search",
         "/api/v1/persons",
         "/api/v1/faces/{faceId}/crop",
+        "/api/v1/photos/{photoId}/thumbnail",
         "/api/v1/healthz",
     }
 
