@@ -25,7 +25,7 @@ from api.prefect_reader import (
     SessionConflict,
     SessionNotFound,
 )
-from api.routes import health, login, pages, persons, progress, search, sessions
+from api.routes import health, login, pages, persons, photos, progress, search, sessions
 from api.schemas import FieldError, ValidationErrorResponse
 from api.security import Doors, DoorsMiddleware
 from photoindex.settings import Settings, get_settings
@@ -154,7 +154,7 @@ def create_app(
     app.state.search = searcher
     app.state.doors = Doors.from_settings(settings)
     app.add_middleware(DoorsMiddleware, doors=app.state.doors)
-    for module in (progress, sessions, search, persons, health):
+    for module in (progress, sessions, search, persons, photos, health):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(pages.router)
     app.include_router(login.router)

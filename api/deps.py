@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.library import PersonDirectory, SessionLauncher, TextSearch, launch_session
+from api.library import PersonDirectory, PhotoDirectory, SessionLauncher, TextSearch, launch_session
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
 
@@ -39,8 +39,14 @@ def get_persons(settings: Annotated[Settings, Depends(get_settings_dep)]) -> Per
     return PersonDirectory(settings)
 
 
+def get_photos(settings: Annotated[Settings, Depends(get_settings_dep)]) -> PhotoDirectory:
+    """Thumbnails of indexed photos."""
+    return PhotoDirectory(settings)
+
+
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
 Reader = Annotated[PrefectReader, Depends(get_reader)]
 Launcher = Annotated[SessionLauncher, Depends(get_launcher)]
 Search = Annotated[TextSearch, Depends(get_search)]
 Persons = Annotated[PersonDirectory, Depends(get_persons)]
+Photos = Annotated[PhotoDirectory, Depends(get_photos)]

@@ -13,13 +13,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import anyio
 
-from api.schemas import Person, SearchHit
+from api.schemas import Person, SearchHit, SearchSort
 from photoindex.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,16 +30,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _LOCAL_STORE = threading.Lock()
-"""Held while this process searches, opens or closes the local-mode vector store."""
+"""Held while this process searches, opens or closes the embedded vector store."""
 
-IDLE_CLOSE_S = 2.0
-"""Close the local vector store after this long without a search. Local mode locks its
-folder, and an index run waits (up to 2 minutes) for the lock: it gets it within this."""
-MAX_HOLD_S = 60.0
+IDLE_CLOSE_S = 1.0
+"""Close the embedded vector store after this long without a search. It locks its folder,
+and an index run waits (up to 2 minutes) for the lock: it gets it within this."""
+MAX_HOLD_S = 10.0
 """Under searches that never pause, let go of the local store after this long anyway (the
 embed phase waits 120 s for the store, `tasks.embed.STORE_WAIT_S`) ..."""
-YIELD_S = 1.0
-"""... and wait this long before opening it again, so a waiting index run can take it."""
+YIELD_S = 0.3
+"""... and wait this long before opening it again, so a waiting index run (it polls every
+50 ms) can take it. Reopening costs about 0.1 s, so letting go often is cheap."""
 TEXT_CACHE_SIZE = 256
 """Text embeddings remembered per query string (about 2 KB each at width 512)."""
 
@@ -108,15 +110,42 @@ async def launch_session(folder: Path, faces: bool) -> UUID:
     return launched.session_id
 
 
+@dataclass(frozen=True)
+class SearchQuery:
+    """What to search for: a text or an indexed photo, and which photos may come back."""
+
+    text: str | None = None
+    like: str | None = None
+    """An indexed photo's id (its sha256): photos that look like it ("more like this")."""
+    k: int = 10
+    min_score: float | None = None
+    """Leave out matches whose cosine score is below this."""
+    after: datetime | None = None
+    """Captured at or after this wall-clock time."""
+    before: datetime | None = None
+    """Captured before this wall-clock time."""
+    person: str | None = None
+    """Only photos in which this person appears."""
+    sort: SearchSort = "relevance"
+
+
+class PhotoNotFound(Exception):
+    """No indexed photo has this id."""
+
+
+class PersonNotFound(Exception):
+    """No person has this id."""
+
+
 @dataclass
 class SearchResult:
     """Hits, and where the search's time went (seconds)."""
 
     hits: list[SearchHit]
     encode_s: float = 0.0
-    """CLIP text encoder; 0 when the query's embedding was remembered."""
+    """CLIP text encoder; 0 when the query's embedding was remembered (or no text)."""
     open_s: float = 0.0
-    """Opening the vector store (local mode: loading it from disk), 0 when already open."""
+    """Opening the vector store, 0 when already open."""
     vectors_s: float = 0.0
     """The vector search itself."""
 
@@ -127,11 +156,12 @@ class SearchResult:
 
 
 class LocalStoreHolder:
-    """Keeps local-mode Qdrant open between searches and lets go of it when idle.
+    """Keeps the embedded vector store open between searches and lets go of it when idle.
 
-    Opening the local store reads every vector from disk (about 0.4 s at 10k vectors), so
-    it stays open while searches come; after `idle_s` without one it is closed, releasing
-    the folder lock for an index run. `idle_s=0` closes it after every search.
+    The embedded store locks its folder for one process; an index run waiting for it polls
+    every 50 ms. Opening it costs about 0.1 s (20k vectors), so it stays open while
+    searches come; after `idle_s` without one it is closed, releasing the lock for an
+    index run. `idle_s=0` closes it after every search.
     """
 
     def __init__(
@@ -211,9 +241,9 @@ class LocalStoreHolder:
 
 
 class TextSearch:
-    """Text-to-photo search with the configured CLIP model and vector store.
+    """Photo search with the configured CLIP model and vector store.
 
-    One per app: it remembers recent query embeddings and keeps a local-mode store open
+    One per app: it remembers recent query embeddings and keeps the embedded store open
     between searches (see `LocalStoreHolder`).
     """
 
@@ -229,12 +259,12 @@ class TextSearch:
         self._texts: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._texts_lock = threading.Lock()
 
-    async def search(self, query: str, k: int) -> SearchResult:
-        """The k photos that best match the query."""
-        return await anyio.to_thread.run_sync(self._search, query, k)
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """The photos that best match the query and pass its filters, best first."""
+        return await anyio.to_thread.run_sync(self._search, query)
 
     def close(self) -> None:
-        """Release the local vector store."""
+        """Release the embedded vector store."""
         self.local.close()
 
     def _embed(self, query: str) -> tuple[npt.NDArray[np.float32], float]:
@@ -256,24 +286,51 @@ class TextSearch:
                     self._texts.popitem(last=False)
         return vector, spent
 
-    def _search(self, query: str, k: int) -> SearchResult:
+    def _person_photos(self, person: str) -> frozenset[str]:
+        from tasks.catalog import Catalog
+
+        rows = Catalog(self.settings).query(
+            "SELECT p.person_id, f.image_sha256 FROM persons p "
+            "LEFT JOIN person_faces pf USING (person_id) LEFT JOIN faces f USING (face_id) "
+            "WHERE p.person_id = ?",
+            (person,),
+        )
+        if not rows:
+            raise PersonNotFound(f"Person not found: {person}")
+        return frozenset(r["image_sha256"] for r in rows if r["image_sha256"])
+
+    def _search(self, query: SearchQuery) -> SearchResult:
         from tasks.models.clip import ClipModelError
         from tasks.models.registry import clip_embedder
-        from tasks.vectors import VectorStore, VectorStoreBusy
+        from tasks.vectors import SearchFilter, VectorStore, VectorStoreBusy
 
         try:
-            vector, encode_s = self._embed(query)
+            only = self._person_photos(query.person) if query.person else None
+            vector, encode_s = (
+                self._embed(query.text) if query.text is not None else (None, 0.0)
+            )
             model_id = clip_embedder(self.settings).model_id
             with self._store():
                 started = time.perf_counter()
                 store = VectorStore(model_id, self.settings)
                 opened = time.perf_counter()
-                hits = store.search(vector, k)
+                if query.like is not None:
+                    vector = store.vectors([query.like]).get(query.like)
+                    if vector is None:
+                        raise PhotoNotFound(f"No indexed photo has the id {query.like}")
+                assert vector is not None
+                where = SearchFilter(
+                    after=query.after,
+                    before=query.before,
+                    only=only,
+                    exclude=frozenset([query.like]) if query.like else frozenset(),
+                )
+                hits = store.search(vector, query.k, where, query.min_score)
                 done = time.perf_counter()
         except (ClipModelError, VectorStoreBusy) as err:
             raise LibraryUnavailable(str(err)) from err
         return SearchResult(
-            hits=[SearchHit(path=p, score=sc, payload=_scalars(data)) for p, sc, data in hits],
+            hits=sort_hits([search_hit(p, sc, data) for p, sc, data in hits], query.sort),
             encode_s=encode_s,
             open_s=opened - started,
             vectors_s=done - opened,
@@ -286,6 +343,30 @@ class TextSearch:
         else:
             with self.local.hold():
                 yield
+
+
+def search_hit(path: str, score: float, payload: dict[str, Any]) -> SearchHit:
+    """One result as the API shows it."""
+    sha = payload.get("sha256")
+    taken = payload.get("taken_at")
+    return SearchHit(
+        path=path,
+        score=score,
+        photo_id=sha if isinstance(sha, str) else None,
+        taken_at=taken if isinstance(taken, str) else None,
+        thumbnail_url=f"/api/v1/photos/{sha}/thumbnail" if isinstance(sha, str) else None,
+        payload=_scalars(payload),
+    )
+
+
+def sort_hits(hits: list[SearchHit], sort: SearchSort) -> list[SearchHit]:
+    """Best first, or by capture time (photos without one last, best first among them)."""
+    if sort == "relevance":
+        return hits
+    dated = sorted((h for h in hits if h.taken_at), key=lambda h: h.taken_at or "")
+    if sort == "newest":
+        dated.reverse()
+    return dated + [h for h in hits if not h.taken_at]
 
 
 def _scalars(payload: dict[str, Any]) -> dict[str, str | int | float | bool | None]:
@@ -349,3 +430,64 @@ class PersonDirectory:
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+THUMB_SIDE = 320
+"""Long side of a thumbnail, in pixels (a grid cell is about 160 px; 2x for sharp screens)."""
+THUMB_QUALITY = 80
+THUMBS = "thumbs"
+"""Folder of cached thumbnails in the data folder: `thumbs/<2 hex>/<sha256>.jpg`."""
+
+
+class PhotoDirectory:
+    """Thumbnails of indexed photos, made on first request and cached in the data folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def thumbnail(self, photo_id: str) -> Path | None:
+        """A small JPEG of an indexed photo (by its sha256); None if no indexed photo has it."""
+        return await anyio.to_thread.run_sync(self._thumbnail, photo_id)
+
+    def _source(self, photo_id: str) -> str | None:
+        """A path where the photo's content lies now, as the catalog's latest scan found it."""
+        import os
+
+        from tasks.catalog import Catalog
+
+        rows = Catalog(self.settings).query(
+            "SELECT f.raw_path FROM files f JOIN images i ON i.sha256 = f.sha256 "
+            "WHERE f.sha256 = ? AND i.status = 'indexed' ORDER BY f.path LIMIT 1",
+            (photo_id,),
+        )
+        return os.fsdecode(rows[0]["raw_path"]) if rows else None
+
+    def _thumbnail(self, photo_id: str) -> Path | None:
+        import os
+        import tempfile
+
+        from tasks.decode import SkipImage, decode_image
+
+        cached = self.settings.data_dir / THUMBS / photo_id[:2] / f"{photo_id}.jpg"
+        if cached.is_file():
+            return cached
+        source = self._source(photo_id)
+        if source is None:
+            return None
+        try:
+            decoded = decode_image(source, max_side=THUMB_SIDE)
+        except SkipImage as err:  # moved or damaged since the scan
+            logger.info("no thumbnail for %s: %s", photo_id, err.reason)
+            return None
+        image = decoded.image
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".", suffix=".jpg.tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                image.save(out, "JPEG", quality=THUMB_QUALITY)
+            os.replace(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return cached

@@ -20,6 +20,11 @@ MAX_FOLDER_CHARS = 4096
 MAX_FACE_ID_CHARS = 64
 FACE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 """Face ids are short ASCII tokens (20 hex digits today), never paths."""
+PHOTO_ID_PATTERN = r"^[0-9a-f]{64}$"
+"""A photo's id is the SHA-256 of its content, 64 lowercase hex digits: never a path."""
+MAX_PERSON_ID_CHARS = 64
+PERSON_ID_PATTERN = FACE_ID_PATTERN
+"""Person ids are short ASCII tokens ("person-" and 10 hex digits today)."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -46,6 +51,8 @@ SearchText = Annotated[
 PathText = Annotated[str, AfterValidator(_no_control_characters)]
 """A file-system path as text: no NUL or other control characters."""
 
+SearchSort = Literal["relevance", "newest", "oldest"]
+"""Order of search results: best match first, or by capture time."""
 PhaseName = Literal["training", "face_detection", "clustering"]
 CurrentPhase = Literal["training", "face_detection", "clustering", "completed"]
 PhaseStatus = Literal[
@@ -227,14 +234,24 @@ class SearchHit(ApiModel):
     """One photo that matches the query."""
 
     path: str
-    score: float
+    score: float = Field(description="Cosine similarity to the query, -1..1")
+    photo_id: str | None = Field(
+        default=None, description="The photo's id (SHA-256 of its content), for `like`"
+    )
+    taken_at: str | None = Field(
+        default=None,
+        description="Capture time as wall-clock ISO time (EXIF DateTimeOriginal, else the "
+        "file's modification time); null for photos indexed before capture times were kept",
+    )
+    thumbnail_url: str | None = Field(default=None, description="A small JPEG of the photo")
     payload: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
 class SearchResponse(ApiModel):
-    """Photos that best match a text query, best first."""
+    """Photos that best match a text or look like a photo, best first unless sorted."""
 
-    query: str
+    query: str | None = Field(default=None, description="The text searched for, if any")
+    like: str | None = Field(default=None, description="The photo searched by, if any")
     k: int
     results: list[SearchHit]
 

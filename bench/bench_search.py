@@ -1,11 +1,13 @@
-"""Benchmark: latency of GET /api/v1/search with 10k vectors in local-mode Qdrant.
+"""Benchmark: latency of GET /api/v1/search with 10k vectors in the embedded vector store.
 
 Builds a data folder in a temp dir and inserts 10k vectors through the embed phase's own
 path (`VectorStore.upsert`, batches of 500, the phase's payload fields). The vectors are
-random unit vectors of the model's width: local mode compares the query with every
-vector, so their values do not change the work. The model is ViT-B-32, the default
-architecture, with seeded random weights (`bench.common.clip_weights`; same compute as
-real weights), or the tests' tiny model with `--tiny`.
+random unit vectors of the model's width: below 10k new points the store searches by
+exact scan, comparing the query with every vector, so their values do not change the work
+(`bench.bench_vectors` measures the store alone, HNSW and recall included). The model is
+ViT-B-32, the default architecture, with seeded random weights
+(`bench.common.clip_weights`; same compute as real weights), or the tests' tiny model with
+`--tiny`.
 
 The real app (`api.app.create_app`) then answers in-process through httpx's
 ASGITransport, one request at a time. Each request's time is split with the endpoint's
@@ -17,7 +19,7 @@ Runs, all in this process:
 - new, distinct texts: the store stays open between searches; every text is new, so
   the encoder runs each time;
 - new, repeated texts: texts searched before, so their embeddings are remembered;
-- baseline: the old path, measured in the same run: open the local store for every
+- baseline: the old path, measured in the same run: open the store for every
   search and close it after (and no remembered embeddings), i.e. `TextSearch(...,
   idle_close_s=0, text_cache_size=0)`.
 The new path's app is warmed up first (model loaded, store opened), so its runs show the
@@ -238,7 +240,7 @@ def main() -> None:
         load_after = os.getloadavg()[0]
 
     print(
-        f"\nGET /api/v1/search, k={args.k}, {args.vectors} vectors, local-mode Qdrant; ms "
+        f"\nGET /api/v1/search, k={args.k}, {args.vectors} vectors, embedded Qdrant; ms "
         f"(load average {load_before:.1f} before, {load_after:.1f} after, "
         f"{os.cpu_count()} CPUs)"
     )

@@ -30,7 +30,8 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     folder = str(root.resolve())
     settings = get_settings()
     session = str(flow_run.get_id() or "?")
-    from tasks.vectors import close_clients  # qdrant_client: 1.4 s of imports, after start
+    # The vector store's libraries (qdrant_client: 1.4 s of imports) load after start.
+    from tasks.vectors import close_clients, optimize_if_worth_it
     # One writer per data folder, or a clear no; one Dask cluster (if any) for all phases.
     with library_lock(settings, session, folder), shared_cluster(settings) as run_settings:
         session_started(settings, session)
@@ -41,6 +42,7 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
             summaries.append(detect_faces.with_options(task_runner=runner)(folder))
             summaries.append(cluster_faces.with_options(task_runner=runner)())
         Catalog().write_duckdb_file()
+        optimize_if_worth_it()  # HNSW after a session that added many points, never during one
         tidy(settings)
     for s in summaries:
         log.info(

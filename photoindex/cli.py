@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
@@ -242,25 +244,64 @@ def _print_catalog_summary(settings: Settings) -> None:
 
 @app.command()
 def search(
-    text: Annotated[str, typer.Argument(help="What to look for, e.g. 'a cat on a sofa'.")],
+    text: Annotated[
+        str | None, typer.Argument(help="What to look for, e.g. 'a cat on a sofa'.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 10,
+    like: Annotated[
+        str | None,
+        typer.Option(help="Photos that look like this indexed photo (a path or its sha256)."),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(min=-1.0, max=1.0, help="Leave out weaker matches.")
+    ] = None,
+    after: Annotated[
+        datetime | None, typer.Option(help="Captured on or after this date.")
+    ] = None,
+    before: Annotated[datetime | None, typer.Option(help="Captured before this date.")] = None,
+    person: Annotated[
+        str | None, typer.Option(help="Only photos of this person (see `photoindex persons`).")
+    ] = None,
+    sort: Annotated[
+        str, typer.Option(help="relevance, newest or oldest (by capture time).")
+    ] = "relevance",
 ) -> None:
-    """Find the photos that best match TEXT."""
-    from tasks.models.clip import ClipWeightsError
-    from tasks.models.registry import clip_embedder
-    from tasks.vectors import VectorStore, VectorStoreBusy
+    """Find the photos that best match TEXT, or that look like the photo --like."""
+    from api.library import (
+        LibraryUnavailable,
+        PersonNotFound,
+        PhotoNotFound,
+        SearchQuery,
+        TextSearch,
+    )
+    from tasks.discover import hash_file
 
+    if (text is None) == (like is None):
+        raise fail("give a TEXT to search for, or --like PHOTO, not both", 2)
+    if sort not in ("relevance", "newest", "oldest"):
+        raise fail(f"--sort must be relevance, newest or oldest, not {sort!r}", 2)
+    if like is not None and not re.fullmatch(r"[0-9a-f]{64}", like):
+        try:
+            like = hash_file(like)
+        except OSError as e:
+            raise fail(f"--like: cannot read {like}: {e.strerror}", 2) from e
     settings = get_settings()
-    model = clip_embedder(settings)
+    query = SearchQuery(
+        text=text, like=like, k=k, min_score=min_score, after=after, before=before,
+        person=person, sort=sort,  # type: ignore[arg-type]
+    )  # fmt: skip
+    searcher = TextSearch(settings, idle_close_s=0)
     try:
-        vector = model.embed_text([text])[0]
-        hits = VectorStore(model.model_id, settings).search(vector, k)
-    except (ClipWeightsError, VectorStoreBusy) as e:
+        hits = asyncio.run(searcher.search(query)).hits
+    except (LibraryUnavailable, PhotoNotFound, PersonNotFound) as e:
         raise fail(str(e), 1) from e
+    finally:
+        searcher.close()
     if not hits:
-        raise fail("nothing indexed yet for this CLIP model: run `photoindex index DIR` first", 1)
-    for path, score, _ in hits:
-        console.print(f"{score:6.3f}  {path}", highlight=False, soft_wrap=True)
+        raise fail("no photo matches: nothing indexed yet, or the filters leave none", 1)
+    for hit in hits:
+        taken = (hit.taken_at or "")[:10]
+        console.print(f"{hit.score:6.3f}  {taken:10}  {hit.path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -7,6 +7,7 @@ import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from PIL import (
@@ -26,6 +27,8 @@ from photoindex.settings import get_settings
 from tasks.discover import HEAD_SIZE, NOT_AN_IMAGE, decodable_formats, sniff_format
 
 MIN_SIDE = 16
+EXIF_IFD = 0x8769
+DATETIME_ORIGINAL = 36867
 WHITE = (255, 255, 255)
 
 # What Pillow raises for damaged files, while opening or while decoding pixels.
@@ -57,6 +60,8 @@ class Decoded:
     image: Image.Image
     width: int
     height: int
+    taken: datetime | None = None
+    """When the photo was taken, from EXIF DateTimeOriginal (wall-clock time), if recorded."""
 
 
 def decode_image(path: str, max_side: int | None = None, slack: float = 1.0) -> Decoded:
@@ -104,6 +109,7 @@ def _decode_opened(img: Image.Image, limit: int, max_side: int | None, slack: fl
         if scale < 1:
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     img.load()  # the first frame of an animation
+    taken = exif_capture_time(img)
     stored_size = img.size
     upright = ImageOps.exif_transpose(img)
     if upright.size != stored_size:  # orientations 5-8 swap the sides
@@ -111,7 +117,46 @@ def _decode_opened(img: Image.Image, limit: int, max_side: int | None, slack: fl
     rgb = _to_rgb(upright)
     if max_side is not None and max(rgb.size) > max_side * slack:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    return Decoded(image=rgb, width=width, height=height)
+    return Decoded(image=rgb, width=width, height=height, taken=taken)
+
+
+def exif_capture_time(img: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal as a naive wall-clock time; None if absent or unreadable."""
+    try:
+        raw = img.getexif().get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL)
+    except _DECODE_ERRORS:
+        return None
+    return parse_exif_time(raw)
+
+
+def read_capture_time(path: str) -> datetime | None:
+    """EXIF DateTimeOriginal of a file, read from its header without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return exif_capture_time(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS):
+        return None
+
+
+def parse_exif_time(raw: object) -> datetime | None:
+    """An EXIF time ("2021:07:04 15:30:00"); None for blanks such as "0000:00:00 00:00:00"."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", errors="replace")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return datetime.strptime(raw.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def capture_time(taken: datetime | None, mtime: float) -> dict[str, str]:
+    """The payload fields of a photo's capture time: EXIF's, else the file's modification
+    time (as local wall-clock time), and which of the two it is."""
+    if taken is not None:
+        return {"taken_at": taken.isoformat(timespec="seconds"), "taken_at_source": "exif"}
+    local = datetime.fromtimestamp(mtime).replace(microsecond=0)
+    return {"taken_at": local.isoformat(timespec="seconds"), "taken_at_source": "file"}
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

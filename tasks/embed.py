@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import torch
 
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
+from tasks.decode import capture_time, read_capture_time
 from tasks.discover import ImageRef
 from tasks.images import ImagePhase
 from tasks.models.registry import clip_embedder
 from tasks.phase import BatchOutcome
-from tasks.vectors import VectorStore
+from tasks.vectors import TAKEN_AT, VectorStore, point_id
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Prepared:
     sizes: list[tuple[int, int]]
     pixels: torch.Tensor | None
     skipped: list[tuple[ImageRef, str]]
+    taken: list[datetime | None] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Embedded:
     sizes: list[tuple[int, int]]
     skipped: list[tuple[ImageRef, str]]
     vectors: np.ndarray
+    taken: list[datetime | None] = field(default_factory=list)
 
 
 #: How long the embed phase waits for a local vector store that another process holds.
@@ -67,15 +71,17 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         sizes: list[tuple[int, int]] = []
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[ImageRef, str]] = []
+        taken: list[datetime | None] = []
         for ref, decoded in self.decode(batch):
             if isinstance(decoded, Exception):
                 skipped.append((ref, decoded.reason))
                 continue
             refs.append(ref)
             sizes.append((decoded.width, decoded.height))
+            taken.append(decoded.taken)
             tensors.append(self.model.preprocess(decoded.image))
         pixels = torch.stack(tensors) if tensors else None
-        return Prepared(refs, sizes, pixels, skipped)
+        return Prepared(refs, sizes, pixels, skipped, taken)
 
     def compute(self, batch: Prepared) -> Embedded:
         vectors = (
@@ -83,7 +89,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             if batch.pixels is None
             else self.model.embed_tensors(batch.pixels)
         )
-        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors)
+        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors, batch.taken)
 
     def store(self) -> VectorStore:
         # A local-mode store may be held briefly by the API's search: wait for it.
@@ -94,6 +100,29 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
 
     def moved(self, refs: Sequence[ImageRef]) -> None:
         self.store().set_paths({ref.sha256: display_path(ref.path) for ref in refs})
+
+    def relocated(
+        self, items: Sequence[ImageRef], done: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        rows = super().relocated(items, done)
+        self.date_undated(items)
+        return rows
+
+    def date_undated(self, items: Sequence[ImageRef]) -> int:
+        """Give points stored before capture times were kept (e.g. a migrated store) their
+        capture time, read from the files' EXIF headers: nothing decoded or re-embedded."""
+        store = self.store()
+        undated = store.without(TAKEN_AT)
+        if not undated:
+            return 0
+        by_id = {point_id(ref.sha256): ref for ref in items}
+        fields = {
+            ref.sha256: capture_time(read_capture_time(ref.path), ref.mtime)
+            for pid in undated
+            if (ref := by_id.get(pid)) is not None
+        }
+        store.set_payloads(fields)
+        return len(fields)
 
     def write(self, result: Embedded) -> BatchOutcome:
         prepared = result
@@ -110,8 +139,11 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
                     "width": w,
                     "height": h,
                     "indexed_at": indexed_at,
+                    **capture_time(taken, ref.mtime),
                 }
-                for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
+                for ref, (w, h), taken in zip(
+                    prepared.refs, prepared.sizes, prepared.taken, strict=True
+                )
             ]
             self.store().upsert(result.vectors, payloads)
             rows += [

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog, fsync_dir
-from tasks.vectors import close_clients, collection_name, get_client, point_id, points
+from tasks.vectors import close_clients, collection_name, point_id, stored_points
 
 #: The name pattern of a Parquet part being written (see `write_parquet_atomic`).
 PARQUET_TEMP_GLOB = ".tmp-*.parquet.part"
@@ -283,13 +283,12 @@ def _vectors(catalog: Catalog, settings: Settings, wait_s: float) -> list[str]:
         models[name] = r["clip_model"]
         expected[name][point_id(r["sha256"])] = r["sha256"]
         paths[r["sha256"]] = r["path"]
-    client = get_client(settings, wait_s)
     try:
-        names = {c.name for c in client.get_collections().collections}
-        stored = {name: points(client, name) for name in names}
+        stored = stored_points(settings, wait_s)
     finally:
         if not settings.qdrant_url:
-            close_clients()  # local mode locks its folder: never keep it from a session
+            close_clients()  # the embedded store locks its folder: never keep it from a session
+    names = set(stored)
     problems: list[str] = []
     for name in sorted(names - set(expected)):
         if stored[name]:

@@ -181,6 +181,8 @@ async function loadPersons() {
   }
 }
 
+let personFilter = null; // a personId: searches keep to that person's photos
+
 function personCard(person) {
   const faces = `${person.faceCount} face${person.faceCount === 1 ? "" : "s"}`;
   const crop = person.representativeFaceId
@@ -192,26 +194,86 @@ function personCard(person) {
         loading: "lazy",
       })
     : el("div", { class: "no-crop" }, "no crop");
-  return el("figure", { class: "person", "data-person": person.personId }, crop, el("figcaption", {}, faces));
+  const card = el(
+    "figure",
+    { class: "person", "data-person": person.personId, tabindex: 0, role: "button",
+      title: "Search only the photos of this person" },
+    crop,
+    el("figcaption", {}, faces),
+  );
+  const pick = () => setPersonFilter(personFilter === person.personId ? null : person.personId);
+  card.addEventListener("click", pick);
+  card.addEventListener("keydown", (e) => (e.key === "Enter" || e.key === " ") && (e.preventDefault(), pick()));
+  return card;
+}
+
+function setPersonFilter(personId) {
+  personFilter = personId;
+  for (const card of document.querySelectorAll("#persons figure[data-person]")) {
+    card.classList.toggle("selected", card.dataset.person === personId);
+  }
+  const chip = $("person-filter");
+  chip.hidden = personId === null;
+  chip.replaceChildren(
+    personId === null ? "" : `Only photos of ${personId} `,
+    personId === null ? "" : el("button", { type: "button", "aria-label": "Search all photos" }, "×"),
+  );
+  const clear = chip.querySelector("button");
+  if (clear) clear.addEventListener("click", () => setPersonFilter(null));
+}
+
+function hitCard(hit) {
+  // The thumbnail URL is built here from the photo's id, never taken from the answer.
+  const id = typeof hit.photoId === "string" && /^[0-9a-f]{64}$/.test(hit.photoId) ? hit.photoId : null;
+  const thumb = id
+    ? el("img", { src: `${API}/photos/${id}/thumbnail`, alt: hit.path, loading: "lazy", width: 160, height: 160 })
+    : el("div", { class: "no-thumb" }, "no preview");
+  const taken = typeof hit.takenAt === "string" ? hit.takenAt.slice(0, 10) : "";
+  const similar = id
+    ? el("button", { type: "button", class: "similar", "data-like": id }, "More like this")
+    : null;
+  if (similar) similar.addEventListener("click", () => runSearch({ like: id }, `photos like ${hit.path}`));
+  return el(
+    "li",
+    { class: "hit", "data-photo": id },
+    thumb,
+    el("code", { class: "hit-path" }, hit.path),
+    el("span", { class: "hit-meta" }, el("span", { class: "score" }, hit.score.toFixed(3)), taken ? ` · ${taken}` : ""),
+    similar,
+  );
+}
+
+function filters() {
+  const params = { k: "24" };
+  for (const [id, name] of [["search-after", "after"], ["search-before", "before"], ["search-min", "minScore"]]) {
+    const value = $(id).value.trim();
+    if (value) params[name] = value;
+  }
+  const sort = $("search-sort").value;
+  if (sort !== "relevance") params.sort = sort;
+  if (personFilter) params.person = personFilter;
+  return params;
+}
+
+async function runSearch(what, label) {
+  const list = $("search-results");
+  $("search-label").textContent = label ? `Showing ${label}` : "";
+  list.replaceChildren(el("li", { class: "muted" }, "Searching…"));
+  try {
+    const body = await getJson(`${API}/search?${new URLSearchParams({ ...what, ...filters() })}`);
+    list.replaceChildren(
+      ...(body.results.length ? body.results.map(hitCard) : [el("li", { class: "muted" }, "No matching photos.")]),
+    );
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "error" }, `Search is not available: ${err.message}`));
+  }
 }
 
 async function search(event) {
   event.preventDefault();
   const q = $("search-q").value.trim();
-  const list = $("search-results");
   if (!q) return;
-  list.replaceChildren(el("li", { class: "muted" }, "Searching…"));
-  try {
-    const body = await getJson(`${API}/search?${new URLSearchParams({ q, k: "12" })}`);
-    list.replaceChildren(
-      ...(body.results.length
-        ? body.results.map((hit) =>
-            el("li", { class: "hit" }, el("code", {}, hit.path), el("span", { class: "score" }, hit.score.toFixed(3))))
-        : [el("li", { class: "muted" }, "No matching photos.")]),
-    );
-  } catch (err) {
-    list.replaceChildren(el("li", { class: "error" }, `Search is not available: ${err.message}`));
-  }
+  await runSearch({ q }, "");
 }
 
 $("session-id").textContent = sessionId;

@@ -15,7 +15,7 @@ from PIL import Image
 
 from api.app import create_app
 from api.deps import get_launcher, get_persons, get_search
-from api.library import PersonDirectory, SearchResult, SessionLauncher, TextSearch
+from api.library import PersonDirectory, SearchQuery, SearchResult, SessionLauncher, TextSearch
 from api.prefect_reader import PrefectReader
 from api.schemas import SearchHit
 from photoindex.settings import Settings
@@ -39,8 +39,10 @@ class FakeLauncher:
 class FakeSearch(TextSearch):
     """Search without a model: echoes the query."""
 
-    async def search(self, query: str, k: int) -> SearchResult:
-        hits = [SearchHit(path=f"/photos/{i}.jpg", score=1.0 - i / 10) for i in range(min(k, 3))]
+    async def search(self, query: SearchQuery) -> SearchResult:
+        hits = [
+            SearchHit(path=f"/photos/{i}.jpg", score=1.0 - i / 10) for i in range(min(query.k, 3))
+        ]
         return SearchResult(hits, encode_s=0.004, vectors_s=0.002)
 
 
@@ -337,6 +339,7 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/api/v1/search",
         "/api/v1/persons",
         "/api/v1/faces/{faceId}/crop",
+        "/api/v1/photos/{photoId}/thumbnail",
         "/api/v1/healthz",
     }
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.library import LocalStoreHolder, SearchResult, TextSearch
+from api.library import LocalStoreHolder, SearchQuery, SearchResult, TextSearch
 from photoindex.settings import Settings
 from tests.loopback import LOOPBACK
 
@@ -22,21 +22,21 @@ from tests.loopback import LOOPBACK
 # open the local store there ("free") or found it locked ("held").
 PROBE = """
 import sys
-from qdrant_client import QdrantClient
+from qdrant_edge import EdgeShard
 for line in sys.stdin:
     try:
-        QdrantClient(path=line.strip()).close()
+        EdgeShard.load(line.strip()).close()
         print("free", flush=True)
-    except RuntimeError:
-        print("held", flush=True)
+    except Exception as err:
+        print("held" if "WouldBlock" in str(err) else repr(err), flush=True)
 """
 HOLD_LOCK = """
 import sys, time
-from qdrant_client import QdrantClient
-client = QdrantClient(path=sys.argv[1])
+from qdrant_edge import EdgeShard
+shard = EdgeShard.load(sys.argv[1])
 print("held", flush=True)
 sys.stdin.readline()
-client.close()
+shard.close()
 """
 
 
@@ -65,8 +65,17 @@ def library(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
 
 
 def find(text_search: TextSearch, query: str, k: int) -> SearchResult:
-    """One search, from outside any event loop."""
-    return asyncio.run(text_search.search(query, k))
+    """One text search, from outside any event loop."""
+    return asyncio.run(text_search.search(SearchQuery(text=query, k=k)))
+
+
+def shard_dir(settings: Settings) -> Path:
+    """The folder of the tiny model's shard (what another process would lock)."""
+    from tasks.models.registry import clip_embedder
+    from tasks.vectors import collection_name
+
+    name = collection_name(clip_embedder(settings).model_id)
+    return settings.qdrant_dir.resolve() / "shards" / name
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +91,7 @@ def probe() -> Iterator[subprocess.Popen[str]]:
 def lock_is_free(probe: subprocess.Popen[str], settings: Settings) -> bool:
     """Whether another process could open the local store now."""
     assert probe.stdin is not None and probe.stdout is not None
-    probe.stdin.write(f"{settings.qdrant_dir.resolve()}\n")
+    probe.stdin.write(f"{shard_dir(settings)}\n")
     probe.stdin.flush()
     answer = probe.stdout.readline().strip()
     assert answer in {"free", "held"}, answer
@@ -140,7 +149,7 @@ def test_an_index_run_holding_the_store_makes_search_503_until_it_is_done(
 ) -> None:
     """While another process holds the local store, search answers 503 saying so."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(library.qdrant_dir.resolve())],
+        [sys.executable, "-c", HOLD_LOCK, str(shard_dir(library))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert holder.stdout is not None and holder.stdin is not None

@@ -126,7 +126,43 @@ def library_data(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
     catalog.replace(
         "person_faces", [{"face_id": FACE_ID, "person_id": PERSON_ID, "probability": 1.0}]
     )
+    _index_photos(settings, tmp_path_factory.mktemp("browser-photos"))
     return data
+
+
+INDEXED_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "group_t1")
+
+
+def _index_photos(settings: Settings, folder: Path) -> None:
+    """Real photos on disk, embedded by the tests' tiny CLIP and recorded as the embed phase
+    records them (manifest, status rows, vectors with payloads), so search shows them."""
+    from tasks.catalog import Catalog, status_row
+    from tasks.decode import capture_time, decode_image
+    from tasks.discover import hash_file
+    from tasks.models.registry import clip_embedder
+    from tasks.vectors import VectorStore, close_clients
+    from tests.photos import real_photos, save_photo
+
+    photos = real_photos()
+    paths = [folder / f"{name}.jpg" for name in INDEXED_PHOTOS]
+    for name, path in zip(INDEXED_PHOTOS, paths, strict=True):
+        save_photo(photos[name], path)
+    files = [(str(p), hash_file(p), p.stat().st_size, p.stat().st_mtime) for p in paths]
+    catalog = Catalog(settings)
+    catalog.write_manifest(str(folder), files)
+    model = clip_embedder(settings)
+    decoded = [decode_image(str(p), max_side=448) for p in paths]
+    vectors = model.predict([d.image for d in decoded])
+    payloads = [
+        {"path": p, "sha256": h, "width": d.width, "height": d.height, **capture_time(d.taken, m)}
+        for (p, h, _, m), d in zip(files, decoded, strict=True)
+    ]
+    VectorStore(model.model_id, settings).upsert(vectors, payloads)
+    close_clients()
+    catalog.append(
+        "status",
+        [status_row(h, "embed", model.model_id, p, "indexed", sha256=h) for p, h, _, _ in files],
+    )
 
 
 @pytest.fixture(scope="module")

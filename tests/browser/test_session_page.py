@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from uuid import UUID
 
 from playwright.sync_api import Page, expect
 
 from tests.api.drivable import Driver
-from tests.browser.conftest import FACE_ID, PERSON_ID, screenshot
+from tests.browser.conftest import FACE_ID, INDEXED_PHOTOS, PERSON_ID, screenshot
 
 TRAINING = "🎨 Training - Generating CLIP Embeddings"
 FACES = "😊 Face Detection - Analyzing Faces"
@@ -16,6 +17,7 @@ CLUSTERING = "🔗 Clustering - Grouping Similar Faces"
 COMPLETE = "✓ All Phases Complete"
 RED = "rgb(185, 28, 28)"
 PROGRESS = "/progress-unified"
+THUMBNAIL = re.compile(r"^/api/v1/photos/[0-9a-f]{64}/thumbnail$")
 # A poll every 2 s plus Prefect round trips: give each expectation some slack on slow CI.
 expect.set_options(timeout=10_000)
 
@@ -111,9 +113,25 @@ def test_session_start_to_finish(live_api: str, page: Page, page_errors: list[st
     expect(crop).to_have_attribute("src", f"/api/v1/faces/{FACE_ID}/crop")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=crop.element_handle())
     page.locator("#search-q").fill("a man in a suit")
-    page.locator("#search-form button").click()
-    expect(page.locator("#search-results li")).to_have_text(["No matching photos."])
+    page.locator("#search-form button[type=submit]").click()
+    hits = page.locator("#search-results li.hit")
+    expect(hits).to_have_count(len(INDEXED_PHOTOS))
+    for i in range(len(INDEXED_PHOTOS)):  # thumbnails served by the API, decoded by the browser
+        thumb = hits.nth(i).locator("img")
+        expect(thumb).to_have_attribute("src", THUMBNAIL)
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+        )
     screenshot(page, "session-completed")
+    first = hits.nth(0).get_attribute("data-photo")
+    hits.nth(0).locator("button.similar").click()
+    expect(page.locator("#search-label")).to_contain_text("Showing photos like")
+    expect(hits).to_have_count(len(INDEXED_PHOTOS) - 1)
+    assert first not in [hits.nth(i).get_attribute("data-photo") for i in range(hits.count())]
+    page.locator(f'#persons figure[data-person="{PERSON_ID}"]').click()
+    expect(page.locator("#person-filter")).to_contain_text(f"Only photos of {PERSON_ID}")
+    page.locator("#search-form button[type=submit]").click()
+    expect(page.locator("#search-results li")).to_have_text(["No matching photos."])
 
     # Hits are shown as text, whatever they contain (this answer is a stand-in, in the browser).
     hostile = '<img src=x onerror="window.__injected = 1">.jpg'
@@ -123,7 +141,7 @@ def test_session_start_to_finish(live_api: str, page: Page, page_errors: list[st
             json={"query": "x", "k": 12, "results": [{"path": hostile, "score": 0.5}]}
         ),
     )
-    page.locator("#search-form button").click()
+    page.locator("#search-form button[type=submit]").click()
     expect(page.locator("#search-results code")).to_have_text(hostile)
     assert page.evaluate("window.__injected") is None
     assert page.locator("#search-results img").count() == 0

@@ -59,9 +59,8 @@ def _results(settings: Settings) -> dict[str, Any]:
         for r in catalog.query("SELECT sha256, status, n_faces FROM images")
     }
     store = VectorStore(clip_embedder(settings).model_id, settings)
-    ids = [point_id(h) for h, (status, _) in sorted(images.items()) if status == "indexed"]
-    points = store.client.retrieve(store.collection, ids=ids, with_vectors=True)
-    vectors = {str(p.id): np.asarray(p.vector) for p in points}
+    shas = [h for h, (status, _) in sorted(images.items()) if status == "indexed"]
+    vectors = {point_id(h): v for h, v in store.vectors(shas).items()}
     close_clients()
     faces = {
         r["face_id"]: np.asarray(r["embedding"])

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -191,17 +190,14 @@ def test_a_second_run_does_no_model_work(second: Run, first: Run) -> None:
 def test_search_with_an_images_own_vector_finds_it_first(first: Run) -> None:
     from photoindex.settings import get_settings
     from tasks.models.registry import clip_embedder
-    from tasks.vectors import VectorStore, point_id
+    from tasks.vectors import VectorStore
 
     model = clip_embedder(get_settings())
     store = VectorStore(model.model_id)
     for row in _catalog_rows(
         "SELECT sha256 FROM images WHERE status='indexed' ORDER BY path LIMIT 5"
     ):
-        point = store.client.retrieve(
-            store.collection, [point_id(row["sha256"])], with_vectors=True
-        )
-        vector = np.asarray(point[0].vector, dtype=np.float32)
+        vector = store.vectors([row["sha256"]])[row["sha256"]]
         hits = store.search(vector, k=3)
         assert hits[0][2]["sha256"] == row["sha256"]
         assert hits[0][1] == pytest.approx(1.0, abs=1e-4)

@@ -64,7 +64,7 @@ def test_added_deleted_modified_and_renamed_photos(
         after = snapshot(settings)
         store = VectorStore(clip_embedder(settings).model_id, settings)
         try:
-            point = store.client.retrieve(store.collection, [point_id(hash_file(moved_to))])
+            point = store.payloads([hash_file(moved_to)])
         finally:
             close_clients()
         images = {r["sha256"]: r["path"] for r in q("SELECT sha256, path FROM images")}
@@ -88,5 +88,5 @@ def test_added_deleted_modified_and_renamed_photos(
     # The renamed photo: same faces, same point, new path in the catalog and the vector store.
     assert set(moved_faces) == set(faces_of[hash_file(moved_to)])
     assert images[hash_file(moved_to)] == str(moved_to)
-    assert point[0].payload is not None and point[0].payload["path"] == str(moved_to)
+    assert point[hash_file(moved_to)]["path"] == str(moved_to)
     assert set(moved_faces.values()) == {str(moved_to)}

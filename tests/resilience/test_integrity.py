@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from photoindex.settings import Settings
@@ -65,8 +64,7 @@ def test_each_kind_of_damage_is_named(clean: Clean, tmp_path: Path) -> None:
     indexed = sorted(r["sha256"] for r in catalog.query(indexed_sql))
     store = VectorStore(clip_embedder(settings).model_id, settings)
     try:
-        point = store.client.retrieve(store.collection, [point_id(indexed[2])], with_vectors=True)
-        vector = np.asarray(point[0].vector, dtype=np.float32)[None, :]
+        vector = store.vectors([indexed[2]])[indexed[2]][None, :]
         store.upsert(vector, [{"sha256": "1" * 64, "path": "/nowhere.jpg"}])
         store.delete([indexed[0]])
         store.set_paths({indexed[1]: "/somewhere/else.jpg"})
