@@ -14,6 +14,7 @@ from api.app import create_app
 from api.library import TextSearch
 from photoindex.settings import Settings
 from tasks.catalog import Catalog, now_utc
+from tests.loopback import LOOPBACK
 
 N = 40
 PERSON_PHOTOS = (1, 2, 5)
@@ -82,7 +83,9 @@ def library(
 def client(library: tuple[Settings, np.ndarray]) -> Iterator[TestClient]:
     settings, _ = library
     search = TextSearch(settings, idle_close_s=0.5)
-    with TestClient(create_app(settings, text_search=search), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings, text_search=search), raise_server_exceptions=False, base_url=LOOPBACK
+    ) as c:
         yield c
     search.close()
 

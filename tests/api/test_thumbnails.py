@@ -14,6 +14,7 @@ from api.app import create_app
 from photoindex.settings import Settings
 from tasks.catalog import Catalog, status_row
 from tasks.discover import hash_file
+from tests.loopback import LOOPBACK
 from tests.photos import real_photos, save_photo
 
 
@@ -41,7 +42,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str
 @pytest.fixture(scope="module")
 def client(photos: tuple[Settings, dict[str, Path]]) -> Iterator[TestClient]:
     settings, _ = photos
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings), raise_server_exceptions=False, base_url=LOOPBACK) as c:
         yield c
 
 
