@@ -201,8 +201,13 @@ def _decode_turbo(
     width, height = img.size
     min_w = min_h = 0
     if max_side is not None and max(width, height) > max_side:
+        # The DCT scale Pillow's draft mode picks (1/2, 1/4 or 1/8, never below the target),
+        # so the geometry, and the faces' crop resolution, stay exactly what they were.
         scale = max_side / max(width, height)
-        min_w, min_h = math.ceil(width * scale), math.ceil(height * scale)
+        target_w, target_h = math.ceil(width * scale), math.ceil(height * scale)
+        fits = min(width // target_w, height // target_h)
+        reduce = next(r for r in (8, 4, 2, 1) if fits >= r)
+        min_w, min_h = math.ceil(width / reduce), math.ceil(height / reduce)
     orientation = int(img.getexif().get(ORIENTATION, 1))
     with open(path, "rb") as stream:
         data = stream.read()

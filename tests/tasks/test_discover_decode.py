@@ -369,6 +369,22 @@ def test_other_formats_and_cmyk_go_through_pillow(bad_root: Path) -> None:
         )
 
 
+@pytest.mark.parametrize("side", [4032, 4800, 3000, 6000])
+def test_the_faces_decode_has_the_size_pillow_gave(tmp_path: Path, side: int) -> None:
+    """Same DCT scale and size as Pillow's draft mode: crops come from today's resolution."""
+    from tasks.face_inputs import FACE_SIDE, FACE_SLACK
+
+    photo = real_photos()["coffee"].resize((side, side * 2 // 3), Image.Resampling.BILINEAR)
+    path = tmp_path / f"{side}.jpg"
+    photo.save(path, "JPEG", quality=85)
+    fast = decode_image(str(path), FACE_SIDE, FACE_SLACK, order="BGR")
+    slow = decode_image(str(path), FACE_SIDE, FACE_SLACK, order="BGR", decoder="pillow")
+    assert fast.decoder == "simplejpeg"
+    (fast_h, fast_w), (slow_h, slow_w) = fast.pixels.shape[:2], slow.pixels.shape[:2]
+    assert max(fast_h, fast_w) == max(slow_h, slow_w) >= FACE_SIDE
+    assert abs(fast_h - slow_h) <= 1 and abs(fast_w - slow_w) <= 1  # rounding of a resize
+
+
 def test_a_phone_photo_decodes_at_its_half_scale_for_faces(tmp_path: Path) -> None:
     """The faces' decode of a 12 MP photo is its 1/2 DCT scale, 2016 px: today's crop source."""
     from tasks.face_inputs import FACE_SIDE, FACE_SLACK
