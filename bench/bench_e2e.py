@@ -101,17 +101,17 @@ def measure_limit(paths: list[str], decoders: bool = False) -> Limit:
     parts = out.parts
     clip_side, slack = EmbedPhase.clip_side, ImagePhase.side_slack
     batch = settings.clip_batch_size
+    for path in paths:  # the file's bytes in the page cache, as the session finds them
+        Path(path).read_bytes()
     for i in range(0, len(paths), batch):
         chunk = paths[i : i + batch]
-        with timed(parts, ONE_DECODE):
-            decoded = [decode_image(p, FACE_SIDE, FACE_SLACK, order="BGR") for p in chunk]
-        with timed(parts, CLIP_PREP):
-            pixels = torch.stack([model.preprocess(d.reduced(clip_side, slack).image)
-                                  for d in decoded])  # fmt: skip
-        with timed(parts, "CLIP forward"):
-            model.embed_tensors(pixels)
-        for d in decoded:
-            bgr = d.pixels
+        tensors = []
+        for p in chunk:  # a minimal program: decode a photo, use it, let it go
+            with timed(parts, ONE_DECODE):
+                decoded = decode_image(p, FACE_SIDE, FACE_SLACK, order="BGR")
+            with timed(parts, CLIP_PREP):
+                tensors.append(model.preprocess(decoded.reduced(clip_side, slack).image))
+            bgr = decoded.pixels
             with timed(parts, "face detector"):
                 boxes, kpss = detector.detect(bgr, max_num=0)
             for box, kps in zip(boxes, kpss, strict=True):
@@ -123,20 +123,19 @@ def measure_limit(paths: list[str], decoders: bool = False) -> Limit:
                 with timed(parts, "face encoder"):
                     encoder.embed(crop)
                 out.faces += 1
-        del decoded
-        if not decoders:
-            continue
-        # For the record: what the two decodes of each photo cost before (Pillow, twice).
-        with timed(parts, f"was: Pillow decode at {clip_side} px"):
-            for p in chunk:
+            del decoded, bgr
+            if not decoders:
+                continue
+            # For the record: what the two decodes of each photo cost before (Pillow, twice).
+            with timed(parts, f"was: Pillow decode at {clip_side} px"):
                 decode_image(p, clip_side, slack, decoder="pillow")
-        with timed(parts, f"was: Pillow decode at {FACE_SIDE} px + BGR"):
-            for p in chunk:
+            with timed(parts, f"was: Pillow decode at {FACE_SIDE} px + BGR"):
                 rgb = decode_image(p, FACE_SIDE, FACE_SLACK, decoder="pillow").pixels
                 np.ascontiguousarray(rgb[:, :, ::-1])
-        with timed(parts, f"Pillow, once at {FACE_SIDE} px, BGR"):
-            for p in chunk:
+            with timed(parts, f"Pillow, once at {FACE_SIDE} px, BGR"):
                 decode_image(p, FACE_SIDE, FACE_SLACK, order="BGR", decoder="pillow")
+        with timed(parts, "CLIP forward"):
+            model.embed_tensors(torch.stack(tensors))
     return out
 
 
@@ -318,8 +317,8 @@ def report(session: Session, limits: list[Limit], n: int) -> None:
 def _subset(paths: list[str], dest: Path) -> Path:
     """A folder of hard links to these photos: the session indexes a folder."""
     dest.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        link = dest / Path(p).name
+    for i, p in enumerate(paths):
+        link = dest / f"{i:05d}-{Path(p).name}"
         if not link.exists():
             os.link(p, link)
     return dest
@@ -331,7 +330,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--size", choices=["normal", "phone", "small"], default="phone")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--folder", type=Path, help="a photo set bench.photoset already built")
+    parser.add_argument(
+        "--folder", type=Path, action="append",
+        help="a photo set bench.photoset already built (repeat to pool sets up to --n)",
+    )  # fmt: skip
     parser.add_argument(
         "--cold", action="store_true", help="a new session process (as before) instead of the "
         "warm indexer of `photoindex serve`"
@@ -339,7 +341,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prepare_process()
-    folder = args.folder or photoset.build(args.n, args.size, args.cache)
+    folders: list[Path] = args.folder or [photoset.build(args.n, args.size, args.cache)]
     bench = workbench("e2e", args.cache, "bench")
     work, weights, api_url = bench.work, bench.weights, bench.api_url
     seed_face_models(args.cache, work / "bench")
@@ -347,9 +349,10 @@ def main() -> None:
     from tasks.models.registry import clip_embedder
 
     header("end to end: a full session vs the model-only limit")
-    print(f"photos: {photoset.describe(folder)}")
-    if args.folder is not None:
-        print(f"(the first {args.n} of them)")
+    for folder in folders:
+        print(f"photos: {photoset.describe(folder)}")
+    if args.folder:
+        print(f"(the first {args.n} of them, in this order)")
     print(f"Prefect: {api_url}; work folder: {work}")
     settings = get_settings()
     tick = time.perf_counter()
@@ -358,8 +361,9 @@ def main() -> None:
         f"CLIP load in this process: {time.perf_counter() - tick:.1f} s (the session process "
         f"pays it too); batch {settings.clip_batch_size}, threads {settings.threads}"
     )
-    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
-    if args.folder is not None:
+    paths = [str(p) for folder in folders for p in sorted(folder.rglob("*.jpg"))]
+    folder = folders[0]
+    if args.folder:
         paths = paths[: args.n]
         folder = _subset(paths, work / "photos")
     limits = [measure_limit(paths, decoders=True)]
