@@ -80,7 +80,7 @@ def bare_embed(paths: Sequence[str], batch: int, max_side: int | None) -> Run:
         for i in range(0, len(paths), batch):
             with timed(parts, "decode+preprocess"):
                 chunk = paths[i : i + batch]
-                decoded = [decode_image(p, max_side).image for p in chunk]
+                decoded = [decode_image(p, max_side, 1.5).image for p in chunk]
                 pixels = torch.stack([model.preprocess(img) for img in decoded])
             with timed(parts, "inference"):
                 model.embed_tensors(pixels)
@@ -90,10 +90,9 @@ def bare_embed(paths: Sequence[str], batch: int, max_side: int | None) -> Run:
 
 def bare_faces(paths: Sequence[str], max_side: int | None) -> Run:
     """Decode each photo and run detector + aligner + encoder on it, one at a time."""
-    import numpy as np
-
     from photoindex.settings import get_settings
     from tasks.decode import decode_image
+    from tasks.face_inputs import FACE_SLACK
     from tasks.models.registry import face_analyzer
 
     analyzer = face_analyzer(get_settings())
@@ -103,8 +102,7 @@ def bare_faces(paths: Sequence[str], max_side: int | None) -> Run:
         started = time.perf_counter()
         for p in paths:
             with timed(parts, "decode"):
-                rgb = np.asarray(decode_image(p, max_side).image)
-                bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+                bgr = decode_image(p, max_side, FACE_SLACK, order="BGR").pixels
             with timed(parts, "inference"):
                 faces += len(analyzer.analyze(bgr))
         wall = time.perf_counter() - started

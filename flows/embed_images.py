@@ -11,11 +11,11 @@ from tasks.phase import PhaseSummary, run_phase
 
 
 @flow(name=BY_KEY["embed"].flow, flow_run_name="embed {folder}")
-def embed_images(folder: str) -> PhaseSummary:
-    """Embed every photo under `folder` with CLIP and store the vectors."""
+def embed_images(folder: str, faces: bool = False) -> PhaseSummary:
+    """Embed every photo under `folder` with CLIP; with `faces`, find faces on the same decode."""
     from tasks.embed import EmbedPhase  # its libraries load with the phase
 
-    return run_phase(EmbedPhase(Path(folder)))
+    return run_phase(EmbedPhase(Path(folder), faces=faces))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     with library_lock(settings, session, folder), shared_cluster(settings) as run_settings:
         session_started(settings, session)
         runner = task_runner(run_settings)
-        summaries = [embed_images.with_options(task_runner=runner)(folder)]
+        # With faces, the embed phase decodes each photo once for both photo phases.
+        summaries = [embed_images.with_options(task_runner=runner)(folder, faces=faces)]
         close_clients()  # release local Qdrant's lock as soon as the vectors are in
         if faces:
             summaries.append(detect_faces.with_options(task_runner=runner)(folder))

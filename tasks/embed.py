@@ -1,4 +1,9 @@
-"""The embed phase: CLIP image embeddings into the vector store."""
+"""The embed phase: CLIP image embeddings into the vector store.
+
+In a session that also finds faces, this phase decodes each photo once for both: at the
+faces' scale, where it runs the face detector and aligner and leaves the found faces for
+the faces phase (`tasks.face_inputs`), and, shrunk from that same decode, at CLIP's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,10 +20,14 @@ from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.decode import capture_time, read_capture_time
 from tasks.discover import ImageRef
+from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInput, FaceInputs, fingerprint
 from tasks.images import ImagePhase
-from tasks.models.registry import clip_embedder
-from tasks.phase import BatchOutcome
+from tasks.models.registry import clip_embedder, face_analyzer
+from tasks.phase import BatchOutcome, Rejection
 from tasks.vectors import TAKEN_AT, VectorStore, point_id
+
+if TYPE_CHECKING:
+    from tasks.models.faces import FaceAnalyzer
 
 
 @dataclass
@@ -51,12 +60,26 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
     """Embed every photo with CLIP; vectors go to Qdrant."""
 
     name = "embed"
-    max_side = 448  # enough for CLIP's 224 px centre crop after resize
+    clip_side = 448  # enough for CLIP's 224 px centre crop after resize
+    max_side = clip_side
 
-    def __init__(self, folder: Path, settings: Settings | None = None) -> None:
+    def __init__(self, folder: Path, settings: Settings | None = None, faces: bool = False) -> None:
         super().__init__(folder, settings)
         self.batch_size = self.settings.clip_batch_size
         self.model = clip_embedder(self.settings)
+        self.faces = faces
+        self.finder: FaceAnalyzer | None = None
+        self.face_inputs: FaceInputs | None = None
+        # The photos the faces phase will need; None (a worker that did not discover): all.
+        self.faces_todo: set[str] | None = None
+        if faces:
+            # One decode serves both phases: at the faces' scale, in the detector's order.
+            self.max_side, self.side_slack, self.channel_order = FACE_SIDE, FACE_SLACK, "BGR"
+            self.finder = face_analyzer(self.settings, threads=1)
+            self.face_inputs = FaceInputs(self.settings, fingerprint(self.finder))
+
+    def init_args(self) -> tuple[Any, ...]:
+        return (self.folder, self.settings, self.faces)
 
     @property
     def model_id(self) -> str:
@@ -64,6 +87,15 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
 
     def prepare(self) -> None:
         self.model.load()
+        if self.finder is not None:
+            self.finder.load()
+
+    def discover(self) -> tuple[Sequence[ImageRef], Sequence[Rejection]]:
+        items, rejected = super().discover()
+        if self.finder is not None:
+            done = self.catalog.done_rows("faces", self.finder.model_id)
+            self.faces_todo = {ref.sha256 for ref in items if ref.sha256 not in done}
+        return items, rejected
 
     def read(self, batch: Sequence[ImageRef]) -> Prepared:
         self.model.load()
@@ -72,16 +104,33 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[ImageRef, str]] = []
         taken: list[datetime | None] = []
-        for ref, decoded in self.decode(batch):
+        for ref in batch:
+            decoded = self.decode_one(ref)
+            if self._for_faces(ref):
+                assert self.finder is not None and self.face_inputs is not None
+                if isinstance(decoded, Exception):
+                    entry = FaceInput(reason=decoded.reason)
+                else:
+                    bgr = decoded.bgr()
+                    scale = decoded.width / max(1, bgr.shape[1])
+                    entry = FaceInput(scale, self.finder.find(bgr))
+                self.face_inputs.put(ref.sha256, entry)
             if isinstance(decoded, Exception):
                 skipped.append((ref, decoded.reason))
                 continue
             refs.append(ref)
             sizes.append((decoded.width, decoded.height))
             taken.append(decoded.taken)
-            tensors.append(self.model.preprocess(decoded.image))
+            clip_image = decoded.reduced(self.clip_side, ImagePhase.side_slack).image
+            tensors.append(self.model.preprocess(clip_image))
         pixels = torch.stack(tensors) if tensors else None
         return Prepared(refs, sizes, pixels, skipped, taken)
+
+    def _for_faces(self, ref: ImageRef) -> bool:
+        """Whether to leave this photo's found faces for the faces phase of this session."""
+        if self.face_inputs is None:
+            return False
+        return self.faces_todo is None or ref.sha256 in self.faces_todo
 
     def compute(self, batch: Prepared) -> Embedded:
         vectors = (

@@ -14,8 +14,9 @@ from PIL import Image
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.discover import ImageRef
+from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInput, FaceInputs, fingerprint
 from tasks.images import ImagePhase
-from tasks.models.faces import Face
+from tasks.models.faces import Face, FoundFace
 from tasks.models.registry import face_analyzer
 from tasks.phase import BatchOutcome
 
@@ -27,8 +28,11 @@ def face_id(sha256: str, model: str, index: int) -> str:
 
 @dataclass
 class Loaded:
-    photos: list[tuple[ImageRef, np.ndarray, float]]  # BGR pixels, scale to original size
+    """Found faces (aligned crops, no photo pixels) for the good photos, reasons for the bad."""
+
+    photos: list[tuple[ImageRef, float, list[FoundFace]]]  # scale to original size
     skipped: list[tuple[ImageRef, str]]
+    decoded: int = 0  # photos this phase had to decode (the embed phase left no faces)
 
 
 @dataclass
@@ -44,7 +48,9 @@ class FacesPhase(ImagePhase[Loaded, Found]):
     """Find and embed the faces in every photo."""
 
     name = "faces"
-    max_side = 1600  # big enough for small faces in group photos, far cheaper than 12 MP
+    max_side = FACE_SIDE
+    side_slack = FACE_SLACK
+    channel_order = "BGR"
     # The recognisers take one face at a time: batches run in parallel, one thread each.
     serial_compute = False
 
@@ -52,6 +58,7 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         super().__init__(folder, settings)
         self.batch_size = self.settings.face_batch_size
         self.analyzer = face_analyzer(self.settings, threads=1)
+        self.inputs = FaceInputs(self.settings, fingerprint(self.analyzer))
 
     @property
     def model_id(self) -> str:
@@ -61,22 +68,32 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         self.analyzer.load()
 
     def read(self, batch: Sequence[ImageRef]) -> Loaded:
-        photos: list[tuple[ImageRef, np.ndarray, float]] = []
-        skipped: list[tuple[ImageRef, str]] = []
-        for ref, decoded in self.decode(batch):
-            if isinstance(decoded, Exception):
-                skipped.append((ref, decoded.reason))
-                continue
-            rgb = np.asarray(decoded.image)
-            scale = decoded.width / max(1, rgb.shape[1])
-            photos.append((ref, np.ascontiguousarray(rgb[:, :, ::-1]), scale))
-        return Loaded(photos, skipped)
+        """The faces the embed phase found in each photo; photos it left none for, decoded."""
+        loaded = Loaded([], [])
+        for ref in batch:
+            entry = self.inputs.get(ref.sha256)
+            if entry is None:
+                entry = self.find(ref)
+                loaded.decoded += 1
+            if entry.reason is not None:
+                loaded.skipped.append((ref, entry.reason))
+            else:
+                loaded.photos.append((ref, entry.scale, entry.faces))
+        return loaded
+
+    def find(self, ref: ImageRef) -> FaceInput:
+        """Decode one photo at the faces' scale and find its faces (detector + aligner)."""
+        decoded = self.decode_one(ref)
+        if isinstance(decoded, Exception):
+            return FaceInput(reason=decoded.reason)
+        bgr = decoded.bgr()
+        return FaceInput(decoded.width / max(1, bgr.shape[1]), self.analyzer.find(bgr))
 
     def compute(self, batch: Loaded) -> Found:
         return Found(
-            [(ref, scale) for ref, _, scale in batch.photos],
+            [(ref, scale) for ref, scale, _ in batch.photos],
             batch.skipped,
-            [self.analyzer.analyze(bgr) for _, bgr, _ in batch.photos],
+            [self.analyzer.encode(found) for _, _, found in batch.photos],
         )
 
     def write(self, result: Found) -> BatchOutcome:
@@ -110,6 +127,9 @@ class FacesPhase(ImagePhase[Loaded, Found]):
             )
         # Face rows land before the status rows that mark their photos done.
         self.catalog.append("faces", face_rows, name="faces")
+        # What the embed phase left for these photos is used up (a re-run decodes again).
+        self.inputs.drop([ref.sha256 for ref, _ in result.photos])
+        self.inputs.drop([ref.sha256 for ref, _ in result.skipped])
         return BatchOutcome(rows)
 
     def moved(self, refs: Sequence[ImageRef]) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
-from tasks.decode import Decoded, SkipImage, decode_image
+from tasks.decode import Decoded, Order, SkipImage, decode_image
 from tasks.discover import ImageRef, discover_images
 from tasks.phase import Phase, Rejection
 
@@ -27,6 +27,7 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
 
     max_side: int | None = None
     side_slack = 1.5  # take JPEG's nearest decode scale rather than resample (see decode_image)
+    channel_order: Order = "RGB"  # what the phase's model takes: simplejpeg decodes straight to it
 
     def __init__(self, folder: Path, settings: Settings | None = None) -> None:
         super().__init__(settings)
@@ -78,10 +79,11 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
 
     def decode(self, batch: Sequence[ImageRef]) -> list[tuple[ImageRef, Decoded | SkipImage]]:
         """Decode each photo once at this phase's size; a bad one becomes its reason."""
-        out: list[tuple[ImageRef, Decoded | SkipImage]] = []
-        for ref in batch:
-            try:
-                out.append((ref, decode_image(ref.path, self.max_side, self.side_slack)))
-            except SkipImage as skip:
-                out.append((ref, skip))
-        return out
+        return [(ref, self.decode_one(ref)) for ref in batch]
+
+    def decode_one(self, ref: ImageRef) -> Decoded | SkipImage:
+        """One photo at this phase's size and channel order, or why it cannot be used."""
+        try:
+            return decode_image(ref.path, self.max_side, self.side_slack, self.channel_order)
+        except SkipImage as skip:
+            return skip

@@ -323,6 +323,8 @@ def make_bad_cases(dest: Path) -> dict[str, BadCase]:
     add(dest / "sixteen-bit.png", BadCase("16-bit grayscale PNG (I;16) of camera", "indexed"))
     photos["camera"].convert("L").save(dest / "grayscale.jpg", quality=92)
     add(dest / "grayscale.jpg", BadCase("8-bit grayscale JPEG (L) of camera", "indexed"))
+    photos["coffee"].save(dest / "progressive.jpg", "JPEG", quality=90, progressive=True)
+    add(dest / "progressive.jpg", BadCase("progressive JPEG of coffee", "indexed"))
     _rgba_cutout(photos["astronaut"]).save(dest / "rgba-cutout.png")
     add(dest / "rgba-cutout.png", BadCase("RGBA PNG, transparent outside a circle", "indexed"))
     _palette_with_transparency(photos["coffee"]).save(dest / "palette-transparent.png")

@@ -363,6 +363,16 @@ class FaceEncoder(InferenceModel[Image, Floats]):
 
 
 @dataclass(frozen=True, eq=False)
+class FoundFace:
+    """One detected face and its aligned crop, before the encoder has seen it."""
+
+    bbox: tuple[float, float, float, float]
+    score: float
+    kps: list[list[float]]
+    crop: Image
+
+
+@dataclass(frozen=True, eq=False)
 class Face:
     """One detected face, in original image pixels, with its embedding and aligned crop."""
 
@@ -491,22 +501,35 @@ class FaceAnalyzer:
 
     def analyze(self, img_bgr: Image) -> list[Face]:
         """Every face of at least min_face_size pixels, best score first."""
+        return self.encode(self.find(img_bgr))
+
+    def find(self, img_bgr: Image) -> list[FoundFace]:
+        """Detect and align every face of at least min_face_size pixels, best score first.
+
+        This is all that needs the photo's pixels: the aligned crops carry the rest.
+        """
         bboxes, kpss = self.detector.detect(img_bgr, max_num=0)
         encoder = self.encoder
-        faces: list[Face] = []
+        found: list[FoundFace] = []
         for box, kps in zip(bboxes, kpss, strict=True):
             x1, y1, x2, y2, score = (float(v) for v in box[:5])
             if min(x2 - x1, y2 - y1) < self.min_face_size:
                 continue
-            crop = encoder.align(img_bgr, kps)
-            faces.append(
-                Face(
+            found.append(
+                FoundFace(
                     bbox=(x1, y1, x2, y2),
                     score=score,
                     kps=[[float(x), float(y)] for x, y in kps],
-                    embedding=encoder.embed(crop),
-                    crop=crop,
+                    crop=encoder.align(img_bgr, kps),
                 )
             )
-        faces.sort(key=lambda face: face.score, reverse=True)
-        return faces
+        found.sort(key=lambda face: face.score, reverse=True)
+        return found
+
+    def encode(self, found: list[FoundFace]) -> list[Face]:
+        """Embed the aligned crops of found faces, keeping their order."""
+        encoder = self.encoder
+        return [
+            Face(f.bbox, f.score, f.kps, embedding=encoder.embed(f.crop), crop=f.crop)
+            for f in found
+        ]

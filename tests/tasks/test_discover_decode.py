@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from photoindex.settings import get_settings
-from tasks.decode import SkipImage, decode_image
+from tasks.decode import Decoded, SkipImage, decode_image
 from tasks.discover import CHUNK_SIZE, ImageRef, Rejected, discover_images, hash_file
 from tests.photos import (
     CORRUPT,
@@ -314,3 +314,91 @@ def test_unreadable_file_is_rejected_unless_permissions_are_bypassed(
     else:
         assert Rejected(str(locked), "permission denied") in rejected
         assert _reason(str(locked)) == "permission denied"
+
+
+def _pillow_reference(path: Path, size: tuple[int, int]) -> Image.Image:
+    """What Pillow alone makes of a photo: full decode, upright, RGB, at `size`."""
+    with Image.open(path) as stored:
+        upright = ImageOps.exif_transpose(stored).convert("RGB")
+    return upright.resize(size, Image.Resampling.BOX)
+
+
+def _compare(path: Path, max_side: int | None, limit: float) -> Decoded:
+    """The fastest decoder's result, checked against Pillow's: same sizes, same look."""
+    fast = decode_image(str(path), max_side=max_side)
+    slow = decode_image(str(path), max_side=max_side, decoder="pillow")
+    assert slow.decoder == "pillow"
+    assert (fast.width, fast.height) == (slow.width, slow.height), path
+    assert abs(fast.image.width - slow.image.width) <= 1, path
+    assert abs(fast.image.height - slow.image.height) <= 1, path
+    assert _mean_abs_diff(fast.image, slow.image) < limit, (path, max_side)
+    return fast
+
+
+def test_jpeg_goes_through_simplejpeg_and_agrees_with_pillow(
+    photos: PhotoManifest, bad_root: Path
+) -> None:
+    jpegs = [p.path for p in photos.photos if p.path.suffix == ".jpg"]
+    jpegs += [bad_root / "progressive.jpg", bad_root / "grayscale.jpg"]
+    jpegs += [bad_root / "orientation" / f"orientation-{o}.jpg" for o in range(1, 9)]
+    assert len(jpegs) >= 15
+    for path in jpegs:
+        full = _compare(path, None, 0.5)  # same libjpeg-turbo: the same pixels, near enough
+        assert full.decoder == "simplejpeg", path
+        assert full.pixels.flags.c_contiguous and full.pixels.dtype == np.uint8
+        # Scaled, the two pick different DCT scales and resamplers: close, not equal.
+        assert _compare(path, 192, 5).decoder == "simplejpeg", path
+
+
+def test_bgr_is_the_same_decode_with_channels_swapped(photos: PhotoManifest) -> None:
+    path = str(next(p.path for p in photos.photos if p.path.name == "astronaut.jpg"))
+    rgb = decode_image(path, max_side=256)
+    bgr = decode_image(path, max_side=256, order="BGR")
+    assert bgr.order == "BGR" and bgr.decoder == "simplejpeg"
+    assert np.array_equal(bgr.pixels, rgb.pixels[:, :, ::-1])
+    assert np.array_equal(bgr.rgb(), rgb.pixels) and np.array_equal(rgb.bgr(), bgr.pixels)
+
+
+def test_other_formats_and_cmyk_go_through_pillow(bad_root: Path) -> None:
+    for name in ("cmyk.jpg", "rgba-cutout.png", "scan.tif", "mask.bmp", "animated.gif"):
+        decoded = decode_image(str(bad_root / name), max_side=256, order="BGR")
+        assert decoded.decoder == "pillow", name
+        assert decoded.order == "BGR" and decoded.pixels.shape[2] == 3, name
+        assert np.array_equal(
+            decoded.rgb(), np.asarray(decode_image(str(bad_root / name), max_side=256).image)
+        )
+
+
+@pytest.mark.parametrize("side", [4032, 4800, 3000, 6000])
+def test_the_faces_decode_has_the_size_pillow_gave(tmp_path: Path, side: int) -> None:
+    """Same DCT scale and size as Pillow's draft mode: crops come from today's resolution."""
+    from tasks.face_inputs import FACE_SIDE, FACE_SLACK
+
+    photo = real_photos()["coffee"].resize((side, side * 2 // 3), Image.Resampling.BILINEAR)
+    path = tmp_path / f"{side}.jpg"
+    photo.save(path, "JPEG", quality=85)
+    fast = decode_image(str(path), FACE_SIDE, FACE_SLACK, order="BGR")
+    slow = decode_image(str(path), FACE_SIDE, FACE_SLACK, order="BGR", decoder="pillow")
+    assert fast.decoder == "simplejpeg"
+    (fast_h, fast_w), (slow_h, slow_w) = fast.pixels.shape[:2], slow.pixels.shape[:2]
+    assert max(fast_h, fast_w) == max(slow_h, slow_w) >= FACE_SIDE
+    assert abs(fast_h - slow_h) <= 1 and abs(fast_w - slow_w) <= 1  # rounding of a resize
+
+
+def test_a_phone_photo_decodes_at_its_half_scale_for_faces(tmp_path: Path) -> None:
+    """The faces' decode of a 12 MP photo is its 1/2 DCT scale, 2016 px: today's crop source."""
+    from tasks.face_inputs import FACE_SIDE, FACE_SLACK
+
+    phone = real_photos()["chelsea"].resize((4032, 3024), Image.Resampling.BICUBIC)
+    path = tmp_path / "phone.jpg"
+    phone.save(path, "JPEG", quality=90)
+    decoded = decode_image(str(path), FACE_SIDE, FACE_SLACK, order="BGR")
+    assert decoded.decoder == "simplejpeg"
+    assert decoded.pixels.shape == (1512, 2016, 3)
+    assert (decoded.width, decoded.height) == (4032, 3024)
+    clip = decoded.reduced(448, 1.5)  # CLIP's image from the same decode: 1/3 of it
+    assert clip.pixels.shape == (504, 672, 3) and (clip.width, clip.height) == (4032, 3024)
+    assert _mean_abs_diff(clip.image, _pillow_reference(path, (672, 504))) < 3
+    assert decoded.reduced(2000, 1.5) is decoded
+    exact = decoded.reduced(900, 1.0)  # no whole factor fits: an exact resize
+    assert exact.pixels.shape == (675, 900, 3)
