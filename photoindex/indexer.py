@@ -313,6 +313,7 @@ def start_indexer(settings: Settings) -> threading.Thread:
 def main() -> int:
     """`python -m photoindex.indexer`: run the warm indexer of the configured data folder."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect request
     WarmIndexer(get_settings()).serve_forever()
     return 0
 
