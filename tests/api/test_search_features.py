@@ -66,15 +66,11 @@ def library(
         for i in PERSON_PHOTOS
     ]  # fmt: skip
     catalog.append("faces", faces)
-    catalog.replace(
-        "persons",
-        [{"person_id": "person-abc", "face_count": 3, "representative_face_id": "face1",
-          "model": "sface", "fingerprint": "x", "updated_at": now_utc()}],
-    )  # fmt: skip
-    catalog.append(
-        "person_faces",
-        [{"face_id": f"face{i}", "person_id": "person-abc", "probability": 1.0}
-         for i in PERSON_PHOTOS],
+    catalog.replace_people(
+        persons=[{"person_id": "person-abc", "face_count": 3, "representative_face_id": "face1",
+                  "model": "sface", "fingerprint": "x", "updated_at": now_utc()}],
+        person_faces=[{"face_id": f"face{i}", "person_id": "person-abc", "probability": 1.0}
+                      for i in PERSON_PHOTOS],
     )  # fmt: skip
     yield settings, vectors
 
