@@ -198,9 +198,11 @@ def test_search_with_an_images_own_vector_finds_it_first(first: Run) -> None:
         "SELECT sha256 FROM images WHERE status='indexed' ORDER BY path LIMIT 5"
     ):
         vector = store.vectors([row["sha256"]])[row["sha256"]]
-        hits = store.search(vector, k=3)
-        assert hits[0][2]["sha256"] == row["sha256"]
+        hits = store.search(vector, k=5)
         assert hits[0][1] == pytest.approx(1.0, abs=1e-4)
+        # The same pixels re-encoded (the progressive copy) have the very same vector: a tie.
+        first_equal = {h[2]["sha256"] for h in hits if h[1] >= hits[0][1] - 1e-6}
+        assert row["sha256"] in first_equal, hits
 
 
 def test_the_catalog_file_answers_plain_duckdb(first: Run) -> None:

@@ -32,6 +32,7 @@ class Warm:
 
         self.env = child_env(data, api_url, **OFFLINE_ENV)  # as `photoindex serve` exports
         self.log = data / "indexer.log"
+        self.sessions: list[UUID] = []  # submitted to it, in order
         with environ(**self.env):
             get_settings.cache_clear()
             self.settings = get_settings()
@@ -88,6 +89,7 @@ def _submit(warm: Warm, folder: Path) -> UUID:
         finally:
             get_settings.cache_clear()
     assert launched.route == "warm" and launched.process is None
+    warm.sessions.append(launched.session_id)
     return launched.session_id
 
 
@@ -156,21 +158,30 @@ def test_unloaded_models_come_back_for_the_next_session(
     assert sorted(after["models"]) == sorted(before["models"])
 
 
-def test_the_runs_logs_reach_the_prefect_ui(warm: Warm) -> None:
+def test_the_runs_logs_reach_the_prefect_ui(warm: Warm, folders: tuple[Path, Path]) -> None:
     """What each phase did is in its run's logs, which the Prefect UI shows."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
         LogFilter,
         LogFilterFlowRunId,
     )
 
+    if not warm.sessions:  # run on its own
+        _follow(warm, _submit(warm, folders[0]))
+
     async def messages() -> list[str]:
-        async with get_client() as client:
+        async with get_client() as client:  # this indexer's runs only: the server is shared
             runs = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["embed-images"])), limit=5
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["embed-images"])),
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=warm.sessions)
+                ),
             )
+            assert runs
             logs = await client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
             )
