@@ -495,16 +495,13 @@ def _timed(
             fractions[key], left[key] = 0.0, total
         elif counts is not None and counts.work_started > 0:
             todo = max(1, counts.todo)
-            done = min(1.0, counts.fresh / todo)
-            in_flight = min(1.0, (counts.fresh + counts.active) / todo)
-            by_clock = (snap.now.timestamp() - counts.work_started) / work if work > 0 else 1.0
-            share = max(done, min(by_clock, in_flight))
+            position = _position(counts, work, snap.now.timestamp())
+            share = position / todo
             fractions[key] = (overhead + work * share) / total
-            rate_left = (
-                max(0, counts.todo - counts.fresh) * 60.0 / counts.per_minute
-                if counts.per_minute > 0 and counts.fresh > 0 else None
+            left[key] = (
+                (todo - position) * 60.0 / counts.pace if counts.pace > 0
+                else work * (1.0 - share)
             )  # fmt: skip
-            left[key] = rate_left if rate_left is not None else work * (1.0 - share)
         else:
             elapsed = max(0.0, (snap.now - start).total_seconds())
             fractions[key] = min(elapsed, overhead) / total
@@ -512,6 +509,24 @@ def _timed(
     whole = sum(expected.values()) or 1.0
     shares = {key: expected[key] / whole for key in PHASES}
     return _Timed(fractions, shares, sum(left.values()))
+
+
+def _position(counts: Counts, work_s: float, now: float) -> float:
+    """How many of a running phase's items are done by now, in fractions of an item.
+
+    Items are counted a batch at a time. Between two batches the work goes on at the
+    phase's own steady pace since the last finished; before that pace is known, at the
+    calibrated pace since work began. Never past the items finished or in flight.
+    """
+    todo = max(1, counts.todo)
+    if counts.pace > 0 and counts.last_done > 0:
+        guess = counts.fresh + counts.pace / 60.0 * max(0.0, now - counts.last_done)
+    elif work_s > 0:
+        guess = todo * max(0.0, now - counts.work_started) / work_s
+    else:
+        guess = float(todo)
+    ceiling = min(todo, counts.fresh + counts.active)
+    return max(float(min(counts.fresh, todo)), min(guess, ceiling))
 
 
 def _stage_message(snap: SessionSnapshot) -> str | None:

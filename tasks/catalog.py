@@ -156,6 +156,12 @@ def install_durably(tmp: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
+#: The name pattern of a Parquet part being written (see `write_parquet_atomic`).
+PARQUET_TEMP_GLOB = ".tmp-*.parquet.part"
+#: The name pattern of a face crop being written (`tasks.faces.save_jpeg`).
+CROP_TEMP_GLOB = "*.jpg.tmp"
+
+
 def write_parquet_atomic(table: pa.Table, dest: Path) -> None:
     """Write a Parquet file so that readers, and a power cut, see all of it or none of it."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,14 @@ from pathlib import Path
 import httpx
 
 from photoindex.settings import Settings
-from tasks.catalog import _SCHEMAS, Catalog, fsync_dir, write_parquet_atomic
+from tasks.catalog import (
+    _SCHEMAS,
+    CROP_TEMP_GLOB,
+    PARQUET_TEMP_GLOB,
+    Catalog,
+    fsync_dir,
+    write_parquet_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ class HousekeepingSummary:
     runs_deleted: int = 0
     logs_rotated: list[str] = field(default_factory=list)
     logs_deleted: int = 0
+    temps_deleted: int = 0
     skipped: list[str] = field(default_factory=list)  # what could not be done, and why
 
     def lines(self) -> list[str]:
@@ -60,6 +68,8 @@ class HousekeepingSummary:
         out.append(f"deleted {self.runs_deleted} finished flow runs and their task runs")
         out += [f"rotated {name}" for name in self.logs_rotated]
         out.append(f"deleted {self.logs_deleted} old session logs")
+        if self.temps_deleted:
+            out.append(f"deleted {self.temps_deleted} files of interrupted writes")
         out += [f"skipped: {why}" for why in self.skipped]
         return out
 
@@ -71,6 +81,7 @@ def housekeeping(settings: Settings, results_dir: Path | None = None) -> Houseke
     (`PREFECT_RESULTS_LOCAL_STORAGE_PATH`, by default `$PREFECT_HOME/storage`).
     """
     summary = HousekeepingSummary()
+    summary.temps_deleted = delete_interrupted_writes(settings)
     catalog = Catalog(settings)
     for table in APPENDED_TABLES:
         done = compact(catalog, table, settings.gc_max_parts)
@@ -94,6 +105,20 @@ def housekeeping(settings: Settings, results_dir: Path | None = None) -> Houseke
     rotated, deleted = rotate_logs(settings)
     summary.logs_rotated, summary.logs_deleted = rotated, deleted
     return summary
+
+
+def delete_interrupted_writes(settings: Settings) -> int:
+    """Delete the temporary files of writes a killed process left behind: catalog parts
+    and face crops never installed. Only the session holding the library lock writes
+    there, and it calls this, so none of them is still being written."""
+    stray = [
+        *(settings.catalog_dir.rglob(PARQUET_TEMP_GLOB) if settings.catalog_dir.is_dir() else []),
+        *(settings.crops_dir.rglob(CROP_TEMP_GLOB) if settings.crops_dir.is_dir() else []),
+    ]
+    for path in stray:
+        path.unlink(missing_ok=True)
+        logger.info("deleted %s, left by an interrupted write", path)
+    return len(stray)
 
 
 def compact(catalog: Catalog, table: str, max_parts: int) -> tuple[int, int] | None:

@@ -19,13 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from photoindex.settings import Settings, get_settings
-from tasks.catalog import Catalog, fsync_dir
+from tasks.catalog import CROP_TEMP_GLOB, PARQUET_TEMP_GLOB, Catalog, fsync_dir
 from tasks.vectors import close_clients, collection_name, point_id, stored_points
 
-#: The name pattern of a Parquet part being written (see `write_parquet_atomic`).
-PARQUET_TEMP_GLOB = ".tmp-*.parquet.part"
-#: The name pattern of a face crop being written (see `save_jpeg`).
-CROP_TEMP_GLOB = "*.jpg.tmp"
 #: At most this many examples are named per kind of problem; the rest are counted.
 EXAMPLES = 5
 #: Where `repair` moves what it takes out of the catalog, under the data folder.

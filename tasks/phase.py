@@ -291,7 +291,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         )
         for r in new_rejects:
             log.warning("skipped %s: %s", r.path, r.reason)
-        reporter.advance(skipped=len(new_rejects))
+        reporter.reject(len(new_rejects))
 
     processed = skipped = failed = ok_batches = failed_batches = 0
     wait_s = write_s = 0.0

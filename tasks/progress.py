@@ -40,6 +40,8 @@ class Counts:
     todo: int = -1  # items this run has to do itself (-1: not known yet)
     work_started: float = 0.0  # epoch seconds when its first batch went in flight (0: not yet)
     stage: str = "working"  # a key of STAGES
+    last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
+    pace: float = 0.0  # items a minute between the first and the last finished (0: not known)
 
     @property
     def percentage(self) -> float:
@@ -55,7 +57,8 @@ class Counts:
             f"current={self.current} total={self.total} skipped={self.skipped} "
             f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)} "
             f"active={self.active} fresh={self.fresh} todo={self.todo} "
-            f"work_started={self.work_started:.3f} stage={self.stage}"
+            f"work_started={self.work_started:.3f} stage={self.stage} "
+            f"last_done={self.last_done:.3f} pace={self.pace:.2f}"
         )
 
     @classmethod
@@ -77,6 +80,8 @@ class Counts:
                 todo=int(pairs.get("todo", -1)),
                 work_started=float(pairs.get("work_started", 0.0)),
                 stage=pairs.get("stage", "working") if pairs.get("stage") in STAGES else "working",
+                last_done=float(pairs.get("last_done", 0.0)),
+                pace=float(pairs.get("pace", 0.0)),
             )
         except (KeyError, ValueError):
             return None
@@ -107,7 +112,8 @@ class ProgressReporter:
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
     _work_done: int = 0
-    _first: tuple[float, int] | None = None  # when the first items finished, and how many
+    _first: tuple[float, int] | None = None  # when the first items finished; items done then
+    _last_done: float = 0.0  # time.monotonic() when items last finished
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -146,10 +152,22 @@ class ProgressReporter:
         self.skipped += skipped
         self.failed += failed
         self._work_done += n
-        if self._first is None and n > 0:
-            self._first = (time.monotonic(), n)
-        if time.monotonic() - self._last_publish >= self.interval_s:
+        first = self._first is None and n > 0
+        if n > 0:
+            self._last_done = time.monotonic()
+        if first:
+            self._first = (self._last_done, self._work_done)
+        # The first results are news (start-up is over): say so now, not a throttle later.
+        if first or time.monotonic() - self._last_publish >= self.interval_s:
             self.publish()
+
+    def reject(self, n: int) -> None:
+        """Count items refused before any work (unreadable, unsupported) as skipped: done,
+        but not results, so they say nothing of the pace."""
+        self.current += n
+        self.skipped += n
+        self._work_done += n
+        self.publish()
 
     def counts(self, done: bool = False) -> Counts:
         return Counts(
@@ -164,7 +182,21 @@ class ProgressReporter:
             self.todo,
             self.work_started,
             "working" if done else self.stage,
+            self._epoch(self._last_done),
+            self.pace(),
         )
+
+    @staticmethod
+    def _epoch(mono: float) -> float:
+        return time.time() - (time.monotonic() - mono) if mono else 0.0
+
+    def pace(self) -> float:
+        """Items a minute from the first finished items to the last: the steady pace,
+        which says where the work is between two batches (0 until two have finished)."""
+        if self._first is None or self._work_done <= self._first[1]:
+            return 0.0
+        span = self._last_done - self._first[0]
+        return 60.0 * (self._work_done - self._first[1]) / span if span > 0 else 0.0
 
     def set_stage(self, stage: str) -> None:
         """Say what the phase does before its items are in flight, and publish it now."""

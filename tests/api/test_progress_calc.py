@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -459,16 +460,41 @@ def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
 
 def test_work_by_the_clock_never_passes_the_photos_in_flight() -> None:
     """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20."""
-    counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(10).timestamp(),
-                    per_minute=12.0)
+    counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(10).timestamp())
     embed = PhaseSnapshot(run=running(12), counts=counts, artifact_updated=ago(1))
     result = calc(starting("warm", 14.0, parent="RUNNING", training=embed), TIMED)
     training = (2.0 + 6.0 * 4 / 20) / 8.0
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
     assert result.overall_progress.percentage == pytest.approx(100 * 8.0 * training / 12.5,
                                                                abs=0.01)
-    # time left: 18 photos at the measured 12 a minute, then faces and clustering
-    assert result.overall_progress.eta_seconds == round(18 * 5.0 + 3.0 + 1.5)
+
+
+def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
+    """2 of 20 done at a measured 12 a minute, the last 3 s ago, 4 more in flight: 2.6 done
+    by now, so the bar and the time left move between batches instead of in steps."""
+    counts = Counts(82, 100, fresh=2, active=4, todo=20, work_started=ago(20).timestamp(),
+                    per_minute=9.0, pace=12.0, last_done=ago(3).timestamp())
+    embed = PhaseSnapshot(run=running(22), counts=counts, artifact_updated=ago(3))
+    result = calc(starting("warm", 24.0, parent="RUNNING", training=embed), TIMED)
+    training = (2.0 + 6.0 * 2.6 / 20) / 8.0
+    assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
+    # time left: 17.4 photos at the measured 12 a minute, then faces and clustering
+    assert result.overall_progress.eta_seconds == pytest.approx(17.4 * 5.0 + 3.0 + 1.5, abs=1)
+    later = calc(replace(starting("warm", 26.0, parent="RUNNING", training=embed),
+                         now=NOW + timedelta(seconds=2)), TIMED)  # fmt: skip
+    assert later.overall_progress.percentage > result.overall_progress.percentage
+    assert later.overall_progress.eta_seconds == pytest.approx(
+        (result.overall_progress.eta_seconds or 0) - 2, abs=1
+    )
+
+
+def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
+    counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(60).timestamp(),
+                    pace=12.0, last_done=ago(50).timestamp())
+    embed = PhaseSnapshot(run=running(62), counts=counts, artifact_updated=ago(50))
+    result = calc(starting("warm", 64.0, parent="RUNNING", training=embed), TIMED)
+    training = (2.0 + 6.0 * 4 / 20) / 8.0
+    assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
 
 
 def test_a_phase_with_nothing_new_counts_only_its_overhead() -> None:

@@ -24,7 +24,14 @@ from photoindex.cli import app
 from photoindex.prefect_server import ensure_prefect_api, stop_server
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog, now_utc, status_row
-from tasks.housekeeping import compact, delete_expired_results, prune_flow_runs, rotate_logs
+from tasks.housekeeping import (
+    compact,
+    delete_expired_results,
+    delete_interrupted_writes,
+    prune_flow_runs,
+    rotate_logs,
+)
+from tasks.integrity import check_integrity
 from tests.environ import environ
 
 
@@ -56,6 +63,28 @@ def test_compaction_merges_parts_and_readers_see_the_same_rows(tmp_path: Path) -
     assert catalog.query(sql) == before
     assert catalog.query("SELECT count(*) AS n FROM faces")[0]["n"] == 0
     assert compact(catalog, "status", max_parts=4) is None  # within bounds: untouched
+
+
+def test_the_files_of_interrupted_writes_are_deleted_and_nothing_else(tmp_path: Path) -> None:
+    """A process killed mid-write leaves temporary files; the next session's housekeeping
+    (it holds the library lock) deletes them, so the integrity check is clean again."""
+    settings = Settings(data_dir=tmp_path)
+    catalog = Catalog(settings)
+    catalog.append("status", [status_row("k", "embed", "m", "/p/k.jpg", "indexed", sha256="k")])
+    stray = [
+        settings.catalog_dir / "status" / ".tmp-abc123.parquet.part",
+        settings.crops_dir / "ab" / "face.jpg.tmp",
+    ]
+    for path in stray:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PAR1 half")
+    kept = settings.crops_dir / "ab" / "face.jpg"
+    kept.write_bytes(b"\xff\xd8")
+    assert any("interrupted write" in p for p in check_integrity(settings))
+    assert delete_interrupted_writes(settings) == 2
+    assert not any(p.exists() for p in stray) and kept.exists()
+    assert len(catalog.parts("status")) == 1
+    assert not any("interrupted write" in p for p in check_integrity(settings))
 
 
 def test_expired_batch_results_are_deleted_and_fresh_ones_kept(tmp_path: Path) -> None:

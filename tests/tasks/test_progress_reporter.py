@@ -71,3 +71,37 @@ def test_prefect_down_costs_updates_not_work(monkeypatch: pytest.MonkeyPatch) ->
     rec.fail = False  # the server is back: the next update creates the artifact
     reporter.finish()
     assert rec.updates and rec.updates[-1][1] is not None and rec.updates[-1][1].done
+
+
+def test_the_first_results_are_published_at_once_then_throttled(recorder: Recorder) -> None:
+    reporter = ProgressReporter("embed", total=10, interval_s=60.0, heartbeat_s=60)
+    reporter.start()
+    reporter.reject(2)  # refused files: counted, but they are no results
+    rejected = recorder.updates[-1][1]
+    assert rejected is not None and rejected.skipped == 2 and rejected.last_done == 0.0
+    reporter.advance(processed=1)
+    first = recorder.updates[-1][1]
+    assert first is not None and first.fresh == 3 and first.last_done > 0
+    assert first.pace == 0.0, "one batch says nothing of the pace"
+    n = len(recorder.updates)
+    time.sleep(0.2)
+    reporter.advance(processed=2)
+    assert len(recorder.updates) == n, "later results wait for the throttle"
+    reporter.stop()
+
+
+def test_the_pace_runs_from_the_first_results_to_the_last(recorder: Recorder) -> None:
+    reporter = ProgressReporter("embed", total=10, interval_s=0.0, heartbeat_s=60)
+    reporter.start()
+    reporter.reject(5)
+    time.sleep(0.3)  # start-up, and the refused files, are not in the pace
+    reporter.advance(processed=1)
+    time.sleep(0.2)
+    reporter.advance(processed=2)
+    time.sleep(0.3)  # nothing finished since: the pace holds, it does not decay
+    reporter.publish()
+    counts = recorder.updates[-1][1]
+    reporter.stop()
+    assert counts is not None
+    assert counts.pace == pytest.approx(60.0 * 2 / 0.2, rel=0.3)
+    assert time.time() - counts.last_done == pytest.approx(0.3, abs=0.15)
