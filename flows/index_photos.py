@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from flows.cluster_faces import cluster_faces
 from flows.detect_faces import detect_faces
 from flows.embed_images import embed_images
-from flows.runners import shared_cluster, task_runner
+from flows.runners import shared_cluster, task_runner, without_flow_heartbeats
 from photoindex.launch import session_name, session_started
 from photoindex.phases import SESSION_FLOW
 from photoindex.settings import Settings, get_settings
@@ -33,7 +33,12 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     # The vector store's libraries (qdrant_client: 1.4 s of imports) load after start.
     from tasks.vectors import close_clients, optimize_if_worth_it
     # One writer per data folder, or a clear no; one Dask cluster (if any) for all phases.
-    with library_lock(settings, session, folder), shared_cluster(settings) as run_settings:
+    # The subflows beat no heartbeat, however the session was started (see the function).
+    with (
+        library_lock(settings, session, folder),
+        shared_cluster(settings) as run_settings,
+        without_flow_heartbeats(),
+    ):
         session_started(settings, session)
         runner = task_runner(run_settings)
         # With faces, the embed phase decodes each photo once for both photo phases.

@@ -58,12 +58,14 @@ def run_session(session_id: UUID) -> bool:
     from prefect.flow_engine import run_flow
 
     from flows.index_photos import index_photos
+    from flows.runners import without_flow_heartbeats
 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(session_id)
-    state = run_flow(
-        index_photos, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
-    )
+    with without_flow_heartbeats():
+        state = run_flow(
+            index_photos, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
+        )
     return bool(getattr(state, "is_completed", lambda: False)())
 
 

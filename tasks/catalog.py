@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -189,6 +190,22 @@ _readable: dict[str, tuple[int, int, bool]] = {}
 """Parts already judged, by path: (size, mtime_ns, readable). A part is never rewritten in
 place, so a changed size or mtime means another file."""
 
+_Signature = tuple[tuple[str, str | None, tuple[tuple[int, int], ...]], ...]
+_views: dict[tuple[int, str], tuple[_Signature, duckdb.DuckDBPyConnection]] = {}
+"""By process and catalog root: the parts the views were made over, and their database."""
+_views_lock = threading.Lock()
+
+
+def _empty_select(table: str) -> str:
+    """A query of no rows with a table's columns and types."""
+    cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in _SCHEMAS[table])
+    return f"SELECT {cols} WHERE false"
+
+
+def _stats(parts: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+    """(size, mtime_ns) of each part, as `readable_part` judged them."""
+    return tuple(_readable[str(p)][:2] if str(p) in _readable else (-1, -1) for p in parts)
+
 
 def readable_part(path: Path) -> bool:
     """Whether a Parquet part's footer reads; an unreadable one is logged once and skipped."""
@@ -300,19 +317,38 @@ class Catalog:
         return "[" + ", ".join(quoted) + "]"
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with the catalog's views; no file lock taken."""
-        con = duckdb.connect()
-        self._create_views(con)
-        return con
+        """A DuckDB connection with the catalog's views; no file lock taken. Close it.
 
-    def _create_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        Creating the views reads every part's schema (`union_by_name`), which cost a
+        20-photo session seconds when each query did it. So the views live in one
+        in-memory database per catalog and process, made again only when the parts
+        changed (parts are never rewritten in place: a new set means new names), and
+        each caller gets its own cursor on it.
+        """
         generation = self._people_generation()
+        sources = {table: self._source(table, generation) for table in _VIEWS}
+        # A folder's file manifest is replaced under its own name: stats tell the versions.
+        signature = tuple(
+            (table, source, _stats(self.parts(table, generation)))
+            for table, source in sources.items()
+        )
+        key = (os.getpid(), str(self.root))
+        with _views_lock:
+            cached = _views.get(key)
+            if cached is None or cached[0] != signature:
+                con = duckdb.connect()
+                self._create_views(con, sources)
+                # An older database stays alive while cursors on it finish their queries.
+                cached = _views[key] = (signature, con)
+            return cached[1].cursor()
+
+    def _create_views(
+        self, con: duckdb.DuckDBPyConnection, sources: dict[str, str | None]
+    ) -> None:
         for table, sql in _VIEWS.items():
-            source = self._source(table, generation)
-            if source is None:
-                empty = pa.Table.from_pylist([], schema=_SCHEMAS[table])
-                con.register(f"_empty_{table}", empty)
-                con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _empty_{table}")
+            source = sources[table]
+            if source is None:  # a plain view: cursors do not see a connection's registrations
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS {_empty_select(table)}")
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {table} AS " + sql.format(glob=source))
         con.execute(f"CREATE OR REPLACE VIEW images AS {_IMAGES_VIEW}")
@@ -420,11 +456,7 @@ class Catalog:
                 for table in _VIEWS:
                     source = self._source(table, generation)
                     if source is None:
-                        cols = ", ".join(
-                            f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}"
-                            for f in _SCHEMAS[table]
-                        )
-                        con.execute(f"CREATE VIEW {table} AS SELECT {cols} WHERE false")
+                        con.execute(f"CREATE VIEW {table} AS {_empty_select(table)}")
                     else:
                         con.execute(f"CREATE VIEW {table} AS " + _VIEWS[table].format(glob=source))
                 con.execute(f"CREATE VIEW images AS {_IMAGES_VIEW}")
