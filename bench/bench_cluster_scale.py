@@ -18,6 +18,22 @@ Methods, all with the project's settings (min cluster size 2, epsilon 0.8, min c
 - `exact`: the new selection on HDBSCAN's tree over every pairwise distance, to show
   what the neighbour graph changes (`--exact-max`, default 10,000).
 
+Candidates from well-kept libraries (issue 14), each run only when its package is
+installed in the venv (otherwise the bench prints "not installed"); `--candidates` picks them:
+
+- `faiss-hnsw`: the neighbour graph from `faiss-cpu`'s HNSW index (M 32, efSearch 64,
+  inner product on unit vectors), then the same spanning tree, selection and pruning;
+- `faiss-ivf`: the same from faiss's IVF-Flat index with our cell size and probes
+  (n/256 lists, 8 probes): the library version of what `CellIndex` hand-writes;
+- `pynndescent`: the neighbour graph from `pynndescent` 0.7's NNDescent (cosine);
+- `fast-hdbscan`: `fast_hdbscan.HDBSCAN` on the unit vectors (its own exact tree over
+  a k-d tree, min_samples 1, epsilon as the project's), then the project's pruning.
+
+The graph candidates have no index of ours to join the graph's pieces with (Boruvka rounds
+through the cells, as `spanning_tree` does), so pieces left after the graph are joined at
+the largest distance, as `spanning_tree` does when its rounds find no join; the number of
+pieces is printed with each run.
+
 Run from the repository root: `.venv/bin/python -m bench.bench_cluster_scale`
 (`--sizes 1000,10000,100000` is the default).
 """
@@ -35,6 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +99,118 @@ def baseline_cluster(
     return labels
 
 
+# Candidate method -> the module it needs (issue 14: libraries instead of hand-written code).
+CANDIDATES = {
+    "faiss-hnsw": "faiss",
+    "faiss-ivf": "faiss",
+    "pynndescent": "pynndescent",
+    "fast-hdbscan": "fast_hdbscan",
+}
+
+
+def installed(method: str) -> bool:
+    """Whether a candidate's package is importable here."""
+    import importlib.util
+
+    return importlib.util.find_spec(CANDIDATES[method]) is not None
+
+
+def _faiss_neighbours(unit: np.ndarray, k: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's k nearest other faces (indices, cosines) from a faiss index."""
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    n, dim = unit.shape
+    index: Any
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 64
+        index.add(unit)
+        index.hnsw.efSearch = 64
+    else:
+        from tasks.cluster import CELL_SIZE, PROBES
+
+        lists = max(1, n // CELL_SIZE)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.train(unit)
+        index.add(unit)
+        index.nprobe = min(PROBES, lists)
+    cosine, found = index.search(unit, k + 1)
+    return _drop_self(found.astype(np.int64), cosine.astype(np.float32), k)
+
+
+def _pynndescent_neighbours(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's k nearest other faces (indices, cosines) from NNDescent's graph."""
+    from pynndescent import NNDescent
+
+    nnd = NNDescent(unit, metric="cosine", n_neighbors=k + 1, random_state=0,
+                    n_jobs=os.cpu_count() or 1, compressed=True)  # fmt: skip
+    found, distance = nnd.neighbor_graph
+    return _drop_self(found.astype(np.int64), (1.0 - distance).astype(np.float32), k)
+
+
+def _drop_self(found: np.ndarray, cosine: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best neighbours of each row other than the row itself (-1 = none)."""
+    n = found.shape[0]
+    cosine = np.where((found == np.arange(n)[:, None]) | (found < 0), -np.inf, cosine)
+    order = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
+    cosine = np.take_along_axis(cosine, order, 1)
+    found = np.take_along_axis(found, order, 1)
+    found[~np.isfinite(cosine)] = -1
+    return found, cosine
+
+
+PIECES: list[int] = []  # pieces of the last candidate graph, for the child's report
+
+
+def graph_cluster(
+    unit: np.ndarray, found: np.ndarray, cosine: np.ndarray, min_cluster_size: int,
+    epsilon: float, min_similarity: float,
+) -> np.ndarray:  # fmt: skip
+    """The project's tree, selection and pruning on a neighbour graph found elsewhere."""
+    from hdbscan import _hdbscan_linkage as linkage_of
+    from scipy.sparse import csgraph
+
+    from tasks.cluster import _FAR, Neighbours, _distance, _graph, _prune, _select
+
+    n, k = found.shape
+    ok = found >= 0
+    edges = [(np.repeat(np.arange(n), k)[ok.ravel()], found[ok], _distance(cosine[ok]))]
+    pieces, piece = csgraph.connected_components(_graph(n, edges), directed=False)
+    PIECES.append(int(pieces))
+    if pieces > 1:
+        heads = np.unique(piece, return_index=True)[1]
+        edges.append((heads[1:], np.full(pieces - 1, heads[0]), np.full(pieces - 1, _FAR)))
+    tree = csgraph.minimum_spanning_tree(_graph(n, edges)).tocoo()
+    mst = np.column_stack([tree.row, tree.col, tree.data]).astype(np.float64)
+    linkage = linkage_of.label(np.ascontiguousarray(mst[np.argsort(mst[:, 2], kind="stable")]))
+    labels, _ = _select(linkage, min_cluster_size, epsilon)
+    return _prune(unit, labels, min_similarity, min_cluster_size, Neighbours(found, cosine))
+
+
+def candidate_cluster(
+    method: str, vectors: np.ndarray, min_cluster_size: int, epsilon: float,
+    min_similarity: float,
+) -> np.ndarray:  # fmt: skip
+    """Person labels from one candidate library (see the module's docstring)."""
+    from tasks.cluster import NEIGHBOURS, _prune, l2_normalise
+
+    unit = np.ascontiguousarray(l2_normalise(vectors.astype(np.float32)), dtype=np.float32)
+    if method == "fast-hdbscan":
+        import fast_hdbscan
+
+        model = fast_hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1,
+                                     cluster_selection_epsilon=epsilon)  # fmt: skip
+        labels = np.asarray(model.fit_predict(unit), dtype=np.int64)
+        return _prune(unit, labels, min_similarity, min_cluster_size)
+    if method == "pynndescent":
+        found, cosine = _pynndescent_neighbours(unit, NEIGHBOURS)
+    else:
+        found, cosine = _faiss_neighbours(unit, NEIGHBOURS, method.removeprefix("faiss-"))
+    return graph_cluster(unit, found, cosine, min_cluster_size, epsilon, min_similarity)
+
+
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -103,6 +232,8 @@ def child(method: str, vectors_path: Path, labels_path: Path) -> None:
     started = time.perf_counter()
     if method == "baseline":
         labels = baseline_cluster(vectors, **SETTINGS)  # type: ignore[arg-type]
+    elif method in CANDIDATES:
+        labels = candidate_cluster(method, vectors, **SETTINGS)  # type: ignore[arg-type]
     elif method == "exact":
         labels, _ = cluster_embeddings(vectors, **SETTINGS, exact_max=len(vectors))  # type: ignore[arg-type]
     else:
@@ -110,7 +241,8 @@ def child(method: str, vectors_path: Path, labels_path: Path) -> None:
     seconds = time.perf_counter() - started
     peak = _rss_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     np.save(labels_path, labels)
-    print(json.dumps({"seconds": seconds, "before_kb": before, "peak_kb": peak, "reset": reset}))
+    print(json.dumps({"seconds": seconds, "before_kb": before, "peak_kb": peak, "reset": reset,
+                      "pieces": PIECES[-1] if PIECES else None}))  # fmt: skip
 
 
 @dataclass
@@ -171,10 +303,17 @@ def run(method: str, vectors: Path, truth: np.ndarray, persons: int, timeout: fl
     except subprocess.TimeoutExpired:
         nan = float("nan")
         return Row(n, method, nan, nan, nan, 0, 0, persons, nan, nan, nan, f"> {timeout:.0f} s")
+    except subprocess.CalledProcessError as failed:
+        nan = float("nan")
+        why = (failed.stderr or "").strip().splitlines()[-1:] or ["no message"]
+        return Row(n, method, nan, nan, nan, 0, 0, persons, nan, nan, nan, f"failed: {why[0]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     labels = np.load(labels_path)
     ari, precision, recall = quality(truth, labels)
-    note = "" if out["reset"] else "peak RSS of the whole child"
+    notes = [] if out["reset"] else ["peak RSS of the whole child"]
+    if out.get("pieces") is not None:
+        notes.append(f"graph in {out['pieces']} pieces")
+    note = "; ".join(notes)
     return Row(
         n,
         method,
@@ -202,7 +341,7 @@ def print_rows(rows: list[Row]) -> None:
           "cluster finds (90% both ways)")  # fmt: skip
     print("peak RSS: the child's peak while clustering (loaded data and imports included); "
           "+MB: above the RSS before clustering")  # fmt: skip
-    print(f"{'faces':>7} {'method':<8} {'seconds':>8} {'peak RSS':>9} {'+MB':>6} "
+    print(f"{'faces':>7} {'method':<12} {'seconds':>8} {'peak RSS':>9} {'+MB':>6} "
           f"{'persons':>11} {'whole':>6} {'ARI':>6} {'prec':>6} {'recall':>6} | ratio vs "
           f"baseline: {'time':>7} {'peak':>5} {'ARI':>5}")  # fmt: skip
     for r in rows:
@@ -215,7 +354,7 @@ def print_rows(rows: list[Row]) -> None:
                 f"{_fmt(r.ari / b.ari if b.ari else math.nan, '5.2f')}"
             )
         print(
-            f"{r.size:>7} {r.method:<8} {_fmt(r.seconds, '8.2f')} {_fmt(r.peak_mb, '6.0f')} MB "
+            f"{r.size:>7} {r.method:<12} {_fmt(r.seconds, '8.2f')} {_fmt(r.peak_mb, '6.0f')} MB "
             f"{_fmt(r.peak_mb - r.data_mb, '6.0f')} {r.found:>5}/{r.persons:<5} {r.matched:>6} "
             f"{_fmt(r.ari, '6.4f')} {_fmt(r.precision, '6.4f')} {_fmt(r.recall, '6.4f')} | "
             f"{'':18}{ratio}" + (f"  [{r.note}]" if r.note else "")
@@ -255,6 +394,10 @@ def main() -> None:
         "(default: measured between different real photos of one person)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="library candidates to run where installed ('' for none)")  # fmt: skip
+    parser.add_argument("--candidate-timeout", type=float, default=None,
+                        help="seconds before a candidate is given up on")  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "VECTORS", "LABELS"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
@@ -296,17 +439,29 @@ def main() -> None:
             methods = ["new"]
             methods += ["exact"] if n <= args.exact_max else []
             methods += ["baseline"] if n <= args.baseline_max else []
+            for method in [m for m in args.candidates.split(",") if m]:
+                if method not in CANDIDATES:
+                    parser.error(f"unknown candidate {method!r}; known: {', '.join(CANDIDATES)}")
+                if installed(method):
+                    methods.append(method)
+                else:
+                    print(f"  {method:<12} not installed ({CANDIDATES[method]})")
             for method in methods:
-                rows.append(run(method, path, lib.person, lib.persons, args.timeout))
+                limit = args.timeout
+                if method in CANDIDATES and args.candidate_timeout is not None:
+                    limit = args.candidate_timeout
+                rows.append(run(method, path, lib.person, lib.persons, limit))
                 r = rows[-1]
-                print(f"  {method:<8} {_fmt(r.seconds, '.1f')} s, "
+                print(f"  {method:<12} {_fmt(r.seconds, '.1f')} s, "
                       f"peak RSS {_fmt(r.peak_mb, '.0f')} MB, "
                       f"{r.found} persons ({r.matched} whole), "
-                      f"ARI {_fmt(r.ari, '.3f')}", flush=True)  # fmt: skip
+                      f"ARI {_fmt(r.ari, '.3f')}" + (f" [{r.note}]" if r.note else ""),
+                      flush=True)  # fmt: skip
     print()
     print_rows(rows)
     print()
-    for method in ("new", "baseline", "exact"):
+    for method in ("new", "baseline", "exact", *(m for m in CANDIDATES if m in
+                                                  {r.method for r in rows})):  # fmt: skip
         print(growth(rows, method))
     base = sorted((r for r in rows if r.method == "baseline" and not math.isnan(r.seconds)),
                   key=lambda r: r.size)  # fmt: skip

@@ -1,6 +1,7 @@
 """Benchmark: a full indexing session end to end, against the model-only and honest limits.
 
-N phone-size photos (4032x3024 JPEG, quality 90). The session runs the way `photoindex
+N phone-size photos (4032x3024 JPEG, quality 90; `--size mixed`: small, normal and phone
+sizes by turns, a few of them PNG, see bench.photoset). The session runs the way `photoindex
 index` runs it: `create_session` on a real `prefect server` (started as the CLI starts
 it), then `start_session_process`, timed from creating the run to the process's exit.
 
@@ -328,7 +329,7 @@ def main() -> None:
     """Build the phone-size set, start Prefect, measure the limit, the session, the limit."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--size", choices=["normal", "phone", "small"], default="phone")
+    parser.add_argument("--size", choices=photoset.SIZES, default="phone")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
         "--folder", type=Path, action="append",
@@ -361,7 +362,7 @@ def main() -> None:
         f"CLIP load in this process: {time.perf_counter() - tick:.1f} s (the session process "
         f"pays it too); batch {settings.clip_batch_size}, threads {settings.threads}"
     )
-    paths = [str(p) for folder in folders for p in sorted(folder.rglob("*.jpg"))]
+    paths = [p for folder in folders for p in photoset.photo_paths(folder)]
     folder = folders[0]
     if args.folder:
         paths = paths[: args.n]

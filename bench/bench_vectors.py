@@ -16,7 +16,8 @@ about 0.75, as real photo embeddings cluster by subject). Local mode is only run
 ratios of both kinds are against that one baseline.
 
 Run from the repository root: `.venv/bin/python -m bench.bench_vectors`
-(defaults: 20k and 100k vectors). At 20k a case takes 1-5 minutes on the 2-core machine
+(defaults: 20k and 100k vectors; `--efs 256,512` also searches the built index with those
+search-time hnsw_ef values). At 20k a case takes 1-5 minutes on the 2-core machine
 under load; at 100k the HNSW build alone ran past 20 minutes under load average 4-10, so
 use `--sizes 20000` on a busy machine.
 """
@@ -165,17 +166,20 @@ STORES: dict[str, type[Local] | type[Edge]] = {"local": Local, "edge": Edge}
 
 def measure_search(store: Local | Edge, data: np.ndarray, queries: np.ndarray) -> dict[str, float]:
     exact = np.argsort(-(queries @ data.T), axis=1)[:, :K]
+    names = ids(0, len(data))  # once: per truth row it cost minutes at 100k (untimed)
     times: list[float] = []
     found = 0
     for query, truth in zip(queries, exact, strict=True):
         started = time.perf_counter()
         got = store.search(query)
         times.append((time.perf_counter() - started) * 1000)
-        found += len(set(got) & set(ids(0, len(data))[i] for i in truth))
+        found += len(set(got) & {names[i] for i in truth})
     return {"p50": q(times, 0.5), "p99": q(times, 0.99), "recall": found / (K * len(queries))}
 
 
-def child_build(store: str, n: int, kind: str, path: Path) -> dict[str, Any]:
+def child_build(
+    store: str, n: int, kind: str, path: Path, efs: tuple[int, ...] = ()
+) -> dict[str, Any]:
     data = vectors(n, kind, seed=1)
     queries = vectors(QUERIES, kind, seed=2)
     s: Local | Edge = STORES[store](path, DIM)
@@ -189,6 +193,12 @@ def child_build(store: str, n: int, kind: str, path: Path) -> dict[str, Any]:
         s.optimize()
         out["optimize_s"] = time.perf_counter() - started
         out["hnsw"] = measure_search(s, data, queries)
+        assert isinstance(s, Edge)
+        default = s.ef
+        for ef in efs:  # the same index searched with other search-time ef values
+            s.ef = ef
+            out[f"hnsw ef={ef}"] = measure_search(s, data, queries)
+        s.ef = default
     s.close()
     return out
 
@@ -231,12 +241,18 @@ def main() -> None:
         "--baseline-kinds", default="clustered",
         help="kinds local mode runs on; its exact scan costs the same whatever the values",
     )  # fmt: skip
+    parser.add_argument(
+        "--efs", default="",
+        help="extra search-time hnsw_ef values to measure on the built index (e.g. 256,512); "
+        "the product's is tasks.vectors.HNSW_EF",
+    )  # fmt: skip
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
         phase, store, *rest = args.child
         if phase == "build":
-            result = child_build(store, int(rest[0]), rest[1], Path(rest[2]))
+            efs = tuple(int(x) for x in rest[3].split(",") if x) if len(rest) > 3 else ()
+            result = child_build(store, int(rest[0]), rest[1], Path(rest[2]), efs)
         else:
             result = child_reopen(store, rest[0], Path(rest[1]))
         print(json.dumps(result))  # noqa: T201
@@ -253,7 +269,7 @@ def main() -> None:
                     ):
                         continue
                     path = Path(tmp) / f"{store}-{n}-{kind}"
-                    built = run_child("build", store, str(n), kind, str(path))
+                    built = run_child("build", store, str(n), kind, str(path), args.efs)
                     built |= run_child("reopen", store, kind, str(path))
                     rows.append((store, n, kind, built))
                     print(f"done: {store} {n} {kind}: {json.dumps(built)}", flush=True)  # noqa: T201
@@ -265,28 +281,32 @@ def report(rows: list[tuple[str, int, str, dict[str, Any]]], load0: float, load1
         f"\nvector store alone, {DIM}-d, k={K}, {QUERIES} queries (load average {load0:.1f} "
         f"before, {load1:.1f} after, {os.cpu_count()} CPUs); ratios are local mode / this\n"
     )
-    head = (f"{'store':<12} {'n':>7} {'vectors':<9} {'insert pts/s':>12} {'search p50':>10} "
+    head = (f"{'store':<17} {'n':>7} {'vectors':<9} {'insert pts/s':>12} {'search p50':>10} "
             f"{'p99 ms':>7} {'recall@10':>9} {'reopen s':>8} {'RSS MB':>7}  "
             "vs local mode")  # fmt: skip
     print(head)  # noqa: T201
     base = {n: r for store, n, _, r in rows if store == "local"}
     for store, n, kind, r in rows:
         modes = [("exact", r["exact"])] + ([("hnsw", r["hnsw"])] if "hnsw" in r else [])
+        modes += [(k, v) for k, v in r.items() if k.startswith("hnsw ef=")]
         for mode, s in modes:
             label = "local mode" if store == "local" else f"edge {mode}"
             rate = n / r["insert_s"]
-            line = (f"{label:<12} {n:>7} {kind:<9} {rate:>12,.0f} {s['p50']:>10.1f} "
+            line = (f"{label:<17} {n:>7} {kind:<9} {rate:>12,.0f} {s['p50']:>10.1f} "
                     f"{s['p99']:>7.1f} {s['recall']:>9.3f} {r['reopen_s']:>8.2f} "
                     f"{r['rss_mb']:>7.0f}")  # fmt: skip
-            b = base.get(n)
+            at = n if n in base else max((m for m in base if m < n), default=None)
+            b = base.get(at) if at is not None else None
             if b is not None and store != "local":
-                line += (f"  insert x{rate / (n / b['insert_s']):.0f}, "
+                if at != n:  # local mode was not run at this size: against its largest run
+                    line += f"  [vs local mode at {at}]"
+                line += (f"  insert x{rate / (at / b['insert_s']):.0f}, "
                          f"p50 x{b['exact']['p50'] / s['p50']:.0f}, "
                          f"p99 x{b['exact']['p99'] / s['p99']:.0f}, "
                          f"reopen x{b['reopen_s'] / r['reopen_s']:.0f}")  # fmt: skip
             print(line)  # noqa: T201
         if "optimize_s" in r:
-            print(f"{'':<12} {'':>7} {'':<9} HNSW build (optimize) {r['optimize_s']:.1f} s")  # noqa: T201
+            print(f"{'':<17} {'':>7} {'':<9} HNSW build (optimize) {r['optimize_s']:.1f} s")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ so every file's content differs; a set is built once per recipe and kept in the 
 
 Sizes: `normal` 1-3 MP; `phone` 4032x3024 (or 3024x4032) JPEG at quality 90, upscaled
 with sensor-like grain so the files are about as big as a phone's (2.5-3 MB each); `small`
-640-1024 px for sets of thousands.
+640-1024 px for sets of thousands; `mixed` a deterministic mix of the three by turns
+(photo i is small, normal, phone for i % 3 = 0, 1, 2), with every tenth small or normal
+photo saved as PNG instead of JPEG (portrait photos come from the recipes' rotations and
+portrait sources, as in the other sizes).
 
 `.venv/bin/python -m bench.photoset --n 200 --size phone` builds a set and prints its folder.
 """
@@ -33,7 +36,10 @@ from PIL import Image, ImageEnhance
 
 from bench.common import DEFAULT_CACHE, prepare_process
 
-Size = Literal["normal", "phone", "small"]
+Size = Literal["normal", "phone", "small", "mixed"]
+OneSize = Literal["normal", "phone", "small"]
+SIZES = ("normal", "phone", "small", "mixed")
+MIXED: tuple[OneSize, ...] = ("small", "normal", "phone")
 VERSION = 4  # bump when a recipe changes, so cached sets are rebuilt
 MIN_SOURCE_SIDE = 200  # Tom Hanks' 112 px aligned crop is no photo to blow up
 SDISTS = {
@@ -93,7 +99,7 @@ def sources(cache: Path) -> dict[str, Image.Image]:
     return {k: v for k, v in sorted(photos.items()) if min(v.size) >= MIN_SOURCE_SIDE}
 
 
-def _target(rng: random.Random, size: Size, portrait: bool, aspect: float) -> tuple[int, int]:
+def _target(rng: random.Random, size: OneSize, portrait: bool, aspect: float) -> tuple[int, int]:
     if size == "phone":
         w, h = PHONE
         return (h, w) if portrait else (w, h)
@@ -105,7 +111,9 @@ def _target(rng: random.Random, size: Size, portrait: bool, aspect: float) -> tu
     return (short, long_side) if portrait else (long_side, short)
 
 
-def make_one(src: Image.Image, name: str, i: int, size: Size, seed: int) -> tuple[Image.Image, str]:
+def make_one(
+    src: Image.Image, name: str, i: int, size: OneSize, seed: int
+) -> tuple[Image.Image, str]:
     """Edit one source photo with recipe number `i`; return it and the recorded edits."""
     rng = random.Random(f"{seed}:{i}:{name}")
     img, steps = src.convert("RGB"), []
@@ -149,6 +157,20 @@ def make_one(src: Image.Image, name: str, i: int, size: Size, seed: int) -> tupl
     return Image.fromarray(pixels), ", ".join(steps)
 
 
+def _one_size(size: Size, i: int) -> tuple[OneSize, str]:
+    """The size and file format of photo number `i` of a set of this size."""
+    if size != "mixed":
+        return size, "JPEG"
+    one = MIXED[i % len(MIXED)]
+    png = one != "phone" and (i // len(MIXED)) % 10 == 9
+    return one, "PNG" if png else "JPEG"
+
+
+def photo_paths(folder: Path) -> list[str]:
+    """The photos of a set, in their order (JPEG and, in a mixed set, PNG)."""
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+
+
 def build(
     n: int, size: Size = "normal", cache: Path = DEFAULT_CACHE, seed: int = 0, quiet: bool = False
 ) -> Path:
@@ -165,19 +187,26 @@ def build(
     seen: set[str] = set()
     for i in range(n):
         name = names[random.Random(f"{seed}:{i}").randrange(len(names))]
+        one, fmt = _one_size(size, i)
         salt = 0
         while True:
-            img, transform = make_one(photos[name], name, i + 1_000_003 * salt, size, seed)
+            img, transform = make_one(photos[name], name, i + 1_000_003 * salt, one, seed)
             buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
+            if fmt == "PNG":
+                img.save(buf, "PNG", compress_level=1)
+            else:
+                img.save(buf, "JPEG", quality=90)
             digest = hashlib.sha256(buf.getvalue()).hexdigest()
             if digest not in seen:  # the indexer dedupes by content: every file must differ
                 seen.add(digest)
                 break
             salt += 1
-        path = root / "photos" / f"d{i // 100:03d}" / f"{i:05d}-{name.replace('/', '-')}.jpg"
+        suffix = "png" if fmt == "PNG" else "jpg"
+        path = root / "photos" / f"d{i // 100:03d}" / f"{i:05d}-{name.replace('/', '-')}.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(buf.getvalue())
+        if size == "mixed":
+            transform = f"{one} {fmt}: {transform}"
         made.append(Made(str(path), name, transform, img.width, img.height, len(buf.getvalue())))
         if not quiet and (i + 1) % 50 == 0:
             print(f"photoset: {i + 1}/{n} {size} photos", file=sys.stderr, flush=True)
@@ -205,7 +234,7 @@ def main() -> None:
     """Build a set and print where it is."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--size", choices=["normal", "phone", "small"], default="normal")
+    parser.add_argument("--size", choices=SIZES, default="normal")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     folder = build(args.n, args.size, args.cache)
