@@ -373,14 +373,10 @@ class FoundFace:
 
 
 @dataclass(frozen=True, eq=False)
-class Face:
+class Face(FoundFace):
     """One detected face, in original image pixels, with its embedding and aligned crop."""
 
-    bbox: tuple[float, float, float, float]
-    score: float
-    kps: list[list[float]]
     embedding: Floats
-    crop: Image
 
 
 class _Detector(Protocol):
@@ -530,6 +526,6 @@ class FaceAnalyzer:
         """Embed the aligned crops of found faces, keeping their order."""
         encoder = self.encoder
         return [
-            Face(f.bbox, f.score, f.kps, embedding=encoder.embed(f.crop), crop=f.crop)
+            Face(f.bbox, f.score, f.kps, f.crop, embedding=encoder.embed(f.crop))
             for f in found
         ]
