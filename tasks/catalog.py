@@ -196,6 +196,14 @@ _views: dict[tuple[int, str], tuple[_Signature, duckdb.DuckDBPyConnection]] = {}
 _views_lock = threading.Lock()
 
 
+def _list_literal(files: Sequence[Path]) -> str | None:
+    """A DuckDB list literal of files, or None if there are none."""
+    if not files:
+        return None
+    quoted = ("'" + str(f.resolve()).replace("'", "''") + "'" for f in files)
+    return "[" + ", ".join(quoted) + "]"
+
+
 def _empty_select(table: str) -> str:
     """A query of no rows with a table's columns and types."""
     cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in _SCHEMAS[table])
@@ -310,11 +318,7 @@ class Catalog:
 
     def _source(self, table: str, generation: str | None) -> str | None:
         """A DuckDB list literal of a table's readable parts, or None if it has none."""
-        files = self.parts(table, generation)
-        if not files:
-            return None
-        quoted = ("'" + str(f.resolve()).replace("'", "''") + "'" for f in files)
-        return "[" + ", ".join(quoted) + "]"
+        return _list_literal(self.parts(table, generation))
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the catalog's views; no file lock taken. Close it.
@@ -326,11 +330,11 @@ class Catalog:
         each caller gets its own cursor on it.
         """
         generation = self._people_generation()
-        sources = {table: self._source(table, generation) for table in _VIEWS}
+        parts = {table: self.parts(table, generation) for table in _VIEWS}
+        sources = {table: _list_literal(files) for table, files in parts.items()}
         # A folder's file manifest is replaced under its own name: stats tell the versions.
         signature = tuple(
-            (table, source, _stats(self.parts(table, generation)))
-            for table, source in sources.items()
+            (table, sources[table], _stats(files)) for table, files in parts.items()
         )
         key = (os.getpid(), str(self.root))
         with _views_lock:
