@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -434,7 +434,8 @@ class PrefectReader:
             return out
         history = await self._completed_before(todo)
         calibrations = await asyncio.gather(
-            *(self._calibrate(_previous(history, p.id, before, self.calibration_sessions))
+            *(self._calibrate(_previous(history, p.id, before, self.calibration_sessions),
+                              launch_route(p.tags))
               for p, before in todo)
         )
         for (parent, _), calibration in zip(todo, calibrations, strict=True):
@@ -481,8 +482,9 @@ class PrefectReader:
             if len(runs) < page or enough:
                 return history
 
-    async def _calibrate(self, previous: Sequence[FlowRun]) -> Calibration:
-        """Seconds per session image of each phase, over the given completed sessions."""
+    async def _calibrate(self, previous: Sequence[FlowRun], route: str) -> Calibration:
+        """Seconds per session image of each phase, over the given completed sessions;
+        the timeline of a session started by `route` prefers that route's sessions."""
         if not previous:
             return Calibration()
         per_parent = await asyncio.gather(*(self._phases_of_run(run) for run in previous))
@@ -506,7 +508,7 @@ class PrefectReader:
                     seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
                     images[phase] = images.get(phase, 0) + counts.total
         per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
-        timeline = _timeline(previous, per_parent)
+        timeline = _timeline(previous, per_parent, route)
         if not per_image:
             return Calibration(timeline=timeline)
         return Calibration(per_image, used, timeline)
@@ -679,8 +681,26 @@ class PrefectReader:
         )
 
 
-def _timeline(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Timeline | None:
+def _timeline(
+    previous: Sequence[FlowRun], per_parent: Sequence[_Phases], route: str = ""
+) -> Timeline | None:
     """Start-up (per launch route), overheads and unit costs measured on finished sessions.
+
+    The overheads and unit costs come from the sessions of `route` when they measured
+    every phase the others did: a new process pays one-off costs inside its phases too
+    (the first forward pass, clustering's imports) that a warm indexer has already paid.
+    """
+    pooled = _measure(previous, per_parent)
+    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
+            if route and launch_route(p.tags) == route]  # fmt: skip
+    own = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
+    if pooled is None or own is None or not own.per_unit_s.keys() >= pooled.per_unit_s.keys():
+        return pooled
+    return replace(own, startup_s=pooled.startup_s)
+
+
+def _measure(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Timeline | None:
+    """The timeline of these sessions, all routes pooled but for start-up.
 
     Each session's time is cut where its phases say work began (`work_started`, the first
     batch in flight) and where each phase run ended; sessions whose artifacts predate

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -41,6 +42,7 @@ from bench.common import (
     table,
     workbench,
 )
+from photoindex.phases import CONTRACT_KEYS
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -57,6 +59,9 @@ class Run:
     end: float = 0.0
     last_phase_end: float = 0.0
     weights: str = ""
+    trace: list[dict[str, object]] = field(default_factory=list)
+    """Each sample's phase percentages and messages, for `--trace`."""
+    phase_runs: list[tuple[str, float | None, float | None]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -111,6 +116,14 @@ async def _sample(run: Run, period_s: float) -> None:
                  p.overall_status)
             )  # fmt: skip
             run.weights = p.weights_source
+            run.trace.append({
+                "t": now - run.started, "pct": p.overall_progress.percentage,
+                "eta": p.overall_progress.eta_seconds, "status": p.overall_status,
+                "phases": {key: [phase.status, phase.progress.percentage, phase.message]
+                           for key in CONTRACT_KEYS
+                           for phase in [getattr(p.phases, key)]},
+                "weights": p.weights.model_dump(),
+            })  # fmt: skip
             if p.overall_status in TERMINAL:
                 return
             await asyncio.sleep(max(0.0, period_s - (time.monotonic() - tick)))
@@ -124,6 +137,7 @@ def _finish(run: Run) -> Run:
     parent, phases = runs[0], runs[1:]
     assert parent.end is not None, "the session did not end"
     run.end = parent.end
+    run.phase_runs = [(r.flow, r.start, r.end) for r in runs]
     run.last_phase_end = max((r.end for r in phases if r.end is not None), default=parent.end)
     return run
 
@@ -222,6 +236,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["normal", "phone", "small"], default="phone")
     parser.add_argument("--period", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--trace", type=Path, help="write each run's samples here as JSON")
     args = parser.parse_args()
 
     prepare_process()
@@ -259,6 +274,12 @@ def main() -> None:
         indexer.wait()
     runs.append(cold_inc := cold(f"cold +{args.new} new", set_b, args.period))
 
+    if args.trace is not None:
+        args.trace.write_text(json.dumps([
+            {"label": r.label, "started": r.started, "end": r.end, "weights": r.weights,
+             "first_batch": r.first_batch, "runs": r.phase_runs, "samples": r.trace}
+            for r in runs
+        ], indent=1, default=str))  # fmt: skip
     rows = []
     for r in runs:
         errs = [abs(e) for e in r.errors()]

@@ -67,3 +67,46 @@ def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() ->
 def test_sessions_from_before_the_timeline_counts_are_left_out() -> None:
     old = session("", 0.0, {"training": (1.0, 9.0, Counts(100, 100, done=True))}, end=9.0)
     assert _timeline([old[0]], [old[1]]) is None
+
+
+def test_a_routes_own_sessions_set_its_unit_costs_when_they_measured_every_phase() -> None:
+    cold = session("cold", 0.0, {
+        "training": (15.0, 34.0, counts(60, 18.0)),      # 16 s for 60: a first forward pass
+        "faceDetection": (34.5, 45.0, counts(60, 36.0)),
+        "clustering": (45.5, 49.0, counts(1, 46.0)),      # 3 s: clustering's imports too
+    }, end=49.5)  # fmt: skip
+    warm = session("warm", 100.0, {
+        "training": (100.5, 107.0, counts(60, 101.0)),    # 6 s for 60
+        "faceDetection": (107.2, 111.0, counts(60, 108.0)),
+        "clustering": (111.1, 112.0, counts(1, 111.5)),
+    }, end=112.0)  # fmt: skip
+    runs, phases = [cold[0], warm[0]], [cold[1], warm[1]]
+    for_warm = _timeline(runs, phases, "warm")
+    for_cold = _timeline(runs, phases, "cold")
+    pooled = _timeline(runs, phases, "deployment")  # no session of its own: all of them
+    assert for_warm is not None and for_cold is not None and pooled is not None
+    assert for_warm.per_unit_s["training"] == pytest.approx(6.0 / 60)
+    assert for_cold.per_unit_s["training"] == pytest.approx(16.0 / 60)
+    assert pooled.per_unit_s["training"] == pytest.approx(22.0 / 120)
+    assert for_warm.per_unit_s["clustering"] == pytest.approx(0.5 / 100)
+    assert for_warm.overhead_s["faceDetection"] == pytest.approx(1.0)
+    # start-up stays known for every route, whichever route asks
+    assert for_warm.startup_s == for_cold.startup_s == pooled.startup_s
+    assert for_warm.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
+
+
+def test_a_route_whose_sessions_missed_a_phase_takes_every_sessions_costs() -> None:
+    cold = session("cold", 0.0, {
+        "training": (15.0, 34.0, counts(60, 18.0)),
+        "faceDetection": (34.5, 45.0, counts(60, 36.0)),
+        "clustering": (45.5, 47.0, counts(1, 46.0)),
+    }, end=47.5)  # fmt: skip
+    warm_without_faces = session("warm", 100.0, {
+        "training": (100.5, 107.0, counts(60, 101.0)),
+    }, end=107.5)  # fmt: skip
+    timeline = _timeline([cold[0], warm_without_faces[0]], [cold[1], warm_without_faces[1]],
+                         "warm")  # fmt: skip
+    assert timeline is not None
+    assert set(timeline.per_unit_s) == {"training", "faceDetection", "clustering"}
+    # the warm session's last phase runs to the session's end: 6.5 s
+    assert timeline.per_unit_s["training"] == pytest.approx((16.0 + 6.5) / 120)
