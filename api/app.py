@@ -11,13 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.library import (
-    FolderForbidden,
-    FolderNotFound,
-    LibraryBusy,
-    LibraryUnavailable,
-    TextSearch,
-)
+from api.folders import FolderForbidden, FolderNotFound
 from api.prefect_reader import (
     DEFAULT_CACHE_TTL_S,
     PrefectReader,
@@ -27,8 +21,10 @@ from api.prefect_reader import (
 )
 from api.routes import health, login, pages, persons, photos, progress, search, sessions
 from api.schemas import FieldError, ValidationErrorResponse
+from api.search import LibraryUnavailable, TextSearch
 from api.security import Doors, DoorsMiddleware
 from photoindex.settings import Settings, get_settings
+from tasks.lock import LibraryBusy
 
 logger = logging.getLogger(__name__)
 

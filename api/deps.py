@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.library import PersonDirectory, PhotoDirectory, SessionLauncher, TextSearch, launch_session
+from api.folders import SessionLauncher, launch_session
 from api.prefect_reader import PrefectReader
+from api.search import PersonDirectory, PhotoDirectory, TextSearch
 from photoindex.settings import Settings
 
 

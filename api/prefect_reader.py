@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -47,17 +47,13 @@ from prefect.states import Cancelled, Cancelling
 from api.progress import (
     FINAL_STATES,
     PHASES,
-    Calibration,
     PhaseSnapshot,
-    RunState,
     SessionSnapshot,
-    Timeline,
-    Weights,
     compute_progress,
     face_session,
-    session_weights,
     training_progress,
 )
+from api.runs import EPOCH, Phases, counts_of, latest_artifacts, run_state, utc
 from api.schemas import (
     FaceSessionResponse,
     SessionAction,
@@ -65,6 +61,7 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
+from api.weights import CALIBRATION_SESSIONS, Calibration, Weights, calibrate, session_weights
 from photoindex.launch import launch_route
 from photoindex.phases import (
     BY_CONTRACT,
@@ -75,14 +72,9 @@ from photoindex.phases import (
     SESSION_FLOW,
 )
 from photoindex.settings import Settings, get_settings
-from tasks.progress import Counts
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_SESSIONS = 5
-"""How many recent completed sessions calibrate a new session's weights."""
-MIN_FRESH_SHARE = 0.5
-"""A session calibrates only if at least this share of its images was new work, not reused."""
 DEFAULT_CACHE_TTL_S = 0.75
 STALE_FACTOR = 4.0
 """Cached data up to this many TTLs old is served while a background fetch refreshes it."""
@@ -91,7 +83,6 @@ PREFECT_PAGE = 200
 """The most rows the Prefect API returns per request by default."""
 
 T = TypeVar("T")
-_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 class PrefectUnavailable(Exception):
@@ -104,9 +95,6 @@ class SessionNotFound(Exception):
 
 class SessionConflict(Exception):
     """The request does not fit the session's state (e.g. cancelling a finished session)."""
-
-
-_Phases = tuple[dict[str, FlowRun], dict[str, Artifact]]
 
 
 @dataclass(frozen=True)
@@ -142,25 +130,6 @@ class _Bounded(OrderedDict[UUID, T]):
             self.popitem(last=False)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def run_state(run: FlowRun) -> RunState:
-    """The calculation's view of a Prefect flow run."""
-    state = run.state
-    return RunState(
-        state_type=run.state_type.value if run.state_type is not None else "PENDING",
-        start_time=_utc(run.start_time),
-        end_time=_utc(run.end_time),
-        state_time=_utc(state.timestamp) if state is not None else None,
-        message=state.message if state is not None else None,
-        created=_utc(run.created),
-    )
-
-
 def _ended(run: FlowRun) -> bool:
     return run.state_type is not None and run.state_type.value in FINAL_STATES
 
@@ -170,7 +139,7 @@ def _previous(
 ) -> list[FlowRun]:
     """The first `n` of `history` (latest end first) that ended by `before`, except `exclude`."""
     ended = [run for run in history if run.id != exclude and run.end_time is not None]
-    return [run for run in ended if (_utc(run.end_time) or _EPOCH) <= before][:n]
+    return [run for run in ended if (utc(run.end_time) or EPOCH) <= before][:n]
 
 
 class PrefectReader:
@@ -195,7 +164,7 @@ class PrefectReader:
         self._entries: dict[UUID, _Entry] = {}
         self._weights: _Bounded[Weights] = _Bounded(1024)
         self._floors: _Bounded[float] = _Bounded(1024)
-        self._ended: _Bounded[_Phases] = _Bounded(1024)
+        self._ended: _Bounded[Phases] = _Bounded(1024)
         """Phases of sessions whose runs have all ended: they never change again."""
         self._flow_names: dict[UUID, str] = {}
         self.prefect_queries = 0
@@ -326,7 +295,7 @@ class PrefectReader:
             )
         )
 
-    async def _phases_of(self, session_id: UUID) -> _Phases:
+    async def _phases_of(self, session_id: UUID) -> Phases:
         """The latest run of each phase under a session, each one's latest artifact, and
         the session's own artifact (under the key `session`)."""
         cached = self._ended.get(session_id)
@@ -336,17 +305,17 @@ class PrefectReader:
             self._read_children(session_id), self._read_artifacts(session_id)
         )
         phase_runs: dict[str, FlowRun] = {}
-        for run in sorted(children, key=lambda r: _utc(r.created) or _EPOCH):
+        for run in sorted(children, key=lambda r: utc(r.created) or EPOCH):
             spec = BY_FLOW.get(await self._flow_name(run.flow_id))
             if spec is not None:
                 phase_runs[spec.contract] = run
-        latest = _latest_artifacts(phase_runs, artifacts)
+        latest = latest_artifacts(phase_runs, artifacts)
         own = [a for a in artifacts if a.key == SESSION_ARTIFACT and a.flow_run_id == session_id]
         if own:
             latest["session"] = own[0]
         return phase_runs, latest
 
-    async def _phases_of_run(self, parent: FlowRun) -> _Phases:
+    async def _phases_of_run(self, parent: FlowRun) -> Phases:
         """`_phases_of`, remembered once the session and all its phase runs have ended."""
         phases = await self._phases_of(parent.id)
         if _ended(parent) and all(_ended(run) for run in phases[0].values()):
@@ -429,7 +398,7 @@ class PrefectReader:
             if cached is not None:
                 out[parent.id] = cached
             else:
-                todo.append((parent, _utc(parent.start_time) or now))
+                todo.append((parent, utc(parent.start_time) or now))
         if not todo:
             return out
         history = await self._completed_before(todo)
@@ -483,35 +452,11 @@ class PrefectReader:
                 return history
 
     async def _calibrate(self, previous: Sequence[FlowRun], route: str) -> Calibration:
-        """Seconds per session image of each phase, over the given completed sessions;
-        the timeline of a session started by `route` prefers that route's sessions."""
+        """The calibration of a session started by `route`, from these finished sessions."""
         if not previous:
             return Calibration()
         per_parent = await asyncio.gather(*(self._phases_of_run(run) for run in previous))
-        seconds: dict[str, float] = {}
-        images: dict[str, int] = {}
-        used = 0
-        for phase_runs, latest in per_parent:
-            counts = _counts(latest.get(PHASES[0]))
-            embed = phase_runs.get(PHASES[0])
-            if counts is None or counts.total <= 0 or embed is None:
-                continue
-            duration = run_state(embed).duration_s or 0.0
-            # Items the run did itself; older artifacts carry only a rate to estimate it from.
-            fresh = counts.fresh or counts.per_minute * duration / 60.0
-            if fresh < MIN_FRESH_SHARE * counts.total:
-                continue  # mostly reused work: it says little about real costs
-            used += 1
-            for phase, child in phase_runs.items():
-                state = run_state(child)
-                if state.state_type == "COMPLETED" and state.duration_s is not None:
-                    seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
-                    images[phase] = images.get(phase, 0) + counts.total
-        per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
-        timeline = _timeline(previous, per_parent, route)
-        if not per_image:
-            return Calibration(timeline=timeline)
-        return Calibration(per_image, used, timeline)
+        return calibrate(previous, per_parent, route)
 
     async def snapshot(self, session_id: UUID) -> tuple[SessionSnapshot, Weights, _Raw]:
         """The session as the calculation sees it, with its fixed weights."""
@@ -523,8 +468,8 @@ class PrefectReader:
         phases = {
             key: PhaseSnapshot(
                 run=run_state(raw.children[key]) if key in raw.children else None,
-                counts=_counts(raw.artifacts.get(key)),
-                artifact_updated=_utc(raw.artifacts[key].updated) if key in raw.artifacts else None,
+                counts=counts_of(raw.artifacts.get(key)),
+                artifact_updated=utc(raw.artifacts[key].updated) if key in raw.artifacts else None,
             )
             for key in PHASES
         }
@@ -537,11 +482,11 @@ class PrefectReader:
             now=datetime.now(UTC),
             stall_after_s=self.settings.stall_after_s,
             fail_after_s=self.settings.fail_after_s,
-            folder=_opt_str(raw.parent.parameters.get("folder")),
+            folder=_folder(raw.parent),
             pause_requested=PAUSE_TAG in raw.parent.tags,
             cancel_requested=CANCEL_TAG in raw.parent.tags,
             floor_percentage=self._floors.get(session_id, 0.0),
-            session=_counts(raw.artifacts.get("session")),
+            session=counts_of(raw.artifacts.get("session")),
             launch=launch_route(raw.parent.tags),
         )
 
@@ -593,13 +538,13 @@ class PrefectReader:
                 SessionSummary(
                     session_id=run.id,
                     name=run.name,
-                    folder=_opt_str(run.parameters.get("folder")),
+                    folder=_folder(run),
                     skip_face_detection=not bool(run.parameters.get("faces", True)),
                     status=progress.overall_status,
                     percentage=progress.overall_progress.percentage,
-                    created_at=_utc(run.created),
-                    started_at=_utc(run.start_time),
-                    completed_at=_utc(run.end_time),
+                    created_at=utc(run.created),
+                    started_at=utc(run.start_time),
+                    completed_at=utc(run.end_time),
                 )
             )
         return out
@@ -681,95 +626,10 @@ class PrefectReader:
         )
 
 
-def _timeline(
-    previous: Sequence[FlowRun], per_parent: Sequence[_Phases], route: str = ""
-) -> Timeline | None:
-    """Start-up (per launch route), overheads and unit costs measured on finished sessions.
-
-    The overheads and unit costs come from the sessions of `route` when they measured
-    every phase the others did: a new process pays one-off costs inside its phases too
-    (the first forward pass, clustering's imports) that a warm indexer has already paid.
-    """
-    pooled = _measure(previous, per_parent)
-    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
-            if route and launch_route(p.tags) == route]  # fmt: skip
-    own = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
-    if pooled is None or own is None or not own.per_unit_s.keys() >= pooled.per_unit_s.keys():
-        return pooled
-    return replace(own, startup_s=pooled.startup_s)
-
-
-def _measure(previous: Sequence[FlowRun], per_parent: Sequence[_Phases]) -> Timeline | None:
-    """The timeline of these sessions, all routes pooled but for start-up.
-
-    Each session's time is cut where its phases say work began (`work_started`, the first
-    batch in flight) and where each phase run ended; sessions whose artifacts predate
-    these counts are left out.
-    """
-    startup: dict[str, list[float]] = {}
-    overhead: dict[str, list[float]] = {}
-    spent: dict[str, float] = {}
-    units: dict[str, float] = {}
-    used = 0
-    for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
-        created, end = _utc(parent.created), _utc(parent.end_time)
-        embed = _counts(artifacts.get(PHASES[0]))
-        if created is None or end is None or embed is None or embed.todo < 0:
-            continue
-        used += 1
-        segment_start = created.timestamp()
-        for key in PHASES:
-            run, counts = runs.get(key), _counts(artifacts.get(key))
-            run_end = _utc(run.end_time) if run is not None else None
-            if run is None or run_end is None or counts is None:
-                break
-            last = key == PHASES[-1] or PHASES[PHASES.index(key) + 1] not in runs
-            stop = end.timestamp() if last else run_end.timestamp()
-            began = counts.work_started if counts.work_started > 0 else stop
-            bucket = startup.setdefault(launch_route(parent.tags), []) if key == PHASES[0] else (
-                overhead.setdefault(key, [])
-            )
-            bucket.append(max(0.0, began - segment_start))
-            n = embed.total if BY_CONTRACT[key].units == "library" else counts.todo
-            if counts.work_started > 0 and n > 0:
-                spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
-                units[key] = units.get(key, 0.0) + n
-            segment_start = run_end.timestamp()
-    if not used or not startup:
-        return None
-    return Timeline(
-        startup_s={route: sum(v) / len(v) for route, v in startup.items()},
-        overhead_s={key: sum(v) / len(v) for key, v in overhead.items()},
-        per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
-        sessions=used,
-    )
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _counts(artifact: Artifact | None) -> Counts | None:
-    if artifact is None:
-        return None
-    counts = Counts.parse(artifact.description)
-    if counts is None and isinstance(artifact.data, int | float):
-        # No counts in the description: fall back to the artifact's bare percentage.
-        return Counts(current=int(artifact.data), total=100)
-    return counts
-
-
-def _latest_artifacts(
-    phase_runs: dict[str, FlowRun], artifacts: Sequence[Artifact]
-) -> dict[str, Artifact]:
-    """Per phase: the most recently updated progress artifact of that phase's run."""
-    out: dict[str, Artifact] = {}
-    for phase, run in phase_runs.items():
-        key = BY_CONTRACT[phase].artifact
-        mine = [a for a in artifacts if a.flow_run_id == run.id and a.key == key]
-        if mine:
-            out[phase] = max(mine, key=lambda a: _utc(a.updated) or _EPOCH)
-    return out
+def _folder(run: FlowRun) -> str | None:
+    """The folder a session indexes, from its parameters."""
+    folder = run.parameters.get("folder")
+    return None if folder is None else str(folder)
 
 
 _default: PrefectReader | None = None

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from api.runs import RunState
 from api.schemas import (
     CurrentPhase,
     FaceSessionResponse,
@@ -21,12 +22,12 @@ from api.schemas import (
     PhaseProgress,
     Phases,
     PhaseStatus,
-    PhaseWeights,
     ProgressStats,
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
-from photoindex.phases import BY_CONTRACT, CONTRACT_KEYS
+from api.weights import Timeline, Weights, weights_schema
+from photoindex.phases import BY_CONTRACT, CONTRACT_KEYS, SEED_WEIGHTS
 from tasks.progress import STAGES, Counts
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ PHASES = CONTRACT_KEYS
 FIRST = PHASES[0]
 PHASE_NAMES: dict[str, PhaseName] = {p.contract: p.name for p in BY_CONTRACT.values()}
 PHASE_LABELS = {p.contract: p.label for p in BY_CONTRACT.values()}
-SEED_WEIGHTS = {p.contract: p.seed_weight for p in BY_CONTRACT.values()}
 SLOW_FACTOR = 1.5
 SLOW_MIN_EXTRA_S = 30.0
 """A phase projected to take SLOW_FACTOR times its calibrated duration, and at least
@@ -57,80 +57,12 @@ _ENDED: set[str] = {"completed", "skipped", "failed", "cancelled"}
 
 
 @dataclass(frozen=True)
-class RunState:
-    """What Prefect says about one flow run."""
-
-    state_type: str
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    state_time: datetime | None = None
-    message: str | None = None
-    created: datetime | None = None
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.start_time is None or self.end_time is None:
-            return None
-        return max(0.0, (self.end_time - self.start_time).total_seconds())
-
-
-@dataclass(frozen=True)
 class PhaseSnapshot:
     """One phase: its subflow run (None before it starts) and its progress artifact."""
 
     run: RunState | None = None
     counts: Counts | None = None
     artifact_updated: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """A session's time, measured on sessions finished earlier, in the parts it is made of.
-
-    Start-up runs from the session's creation to the embed phase's first batch in flight
-    (process start, imports, model load, discovery and hashing); it differs by launch
-    route (a warm indexer or a new process), so it is kept per route. Each later phase
-    has an overhead (from the previous phase's end to its first batch) and then a cost
-    per unit of work: a photo to do for embed and faces, a library photo for clustering.
-    """
-
-    startup_s: Mapping[str, float]
-    overhead_s: Mapping[str, float]
-    per_unit_s: Mapping[str, float]
-    sessions: int = 0
-
-    def startup(self, route: str) -> tuple[float, str]:
-        """Start-up seconds for a route, and the route they were measured on."""
-        if route in self.startup_s:
-            return self.startup_s[route], route
-        if not self.startup_s:
-            return 0.0, ""
-        other = max(self.startup_s, key=lambda r: self.startup_s[r])
-        return self.startup_s[other], other
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured seconds per session image of each phase, from sessions finished earlier."""
-
-    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
-    sessions: int = 0
-    timeline: Timeline | None = None
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The fixed weights of one session, and the per-image costs they came from."""
-
-    shares: Mapping[str, float]
-    source: str
-    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
-    """Calibrated seconds per image, only for phases that have history."""
-    timeline: Timeline | None = None
-    """Measured start-up, overheads and unit costs: the percentage then follows time."""
-
-    def schema(self) -> PhaseWeights:
-        return _weights_schema(self.shares)
 
 
 @dataclass(frozen=True)
@@ -157,44 +89,6 @@ class SessionSnapshot:
 
     def phase(self, key: str) -> PhaseSnapshot:
         return self.phases.get(key) or PhaseSnapshot()
-
-
-def session_weights(calibration: Calibration, faces: bool) -> Weights:
-    """Weights for a session: calibrated per-image costs when known, else the seed's."""
-    active = [p for p in PHASES if faces or not BY_CONTRACT[p].needs_faces]
-    measured = {p: s for p, s in calibration.seconds_per_image.items() if p in active and s > 0}
-    timeline = calibration.timeline
-    if timeline is not None and not all(p in timeline.per_unit_s for p in active):
-        timeline = None  # a phase never measured: its time cannot be told
-    if not measured:
-        total = sum(SEED_WEIGHTS[p] for p in active)
-        shares = {p: (SEED_WEIGHTS[p] / total if p in active else 0.0) for p in PHASES}
-        if timeline is not None:
-            plural = "s" if timeline.sessions != 1 else ""
-            return Weights(
-                shares, f"calibrated from {timeline.sessions} session{plural}, with start-up",
-                timeline=timeline,
-            )  # fmt: skip
-        source = "seed-default" if faces else "seed-default, renormalised without face phases"
-        return Weights(shares, source)
-    anchor = FIRST if FIRST in measured else next(iter(measured))
-    costs = dict(measured)
-    derived = [p for p in active if p not in measured]
-    for p in derived:
-        costs[p] = measured[anchor] * SEED_WEIGHTS[p] / SEED_WEIGHTS[anchor]
-    total = sum(costs.values())
-    shares = {p: costs.get(p, 0.0) / total for p in PHASES}
-    plural = "s" if calibration.sessions != 1 else ""
-    source = f"calibrated from {calibration.sessions} session{plural}"
-    if derived:
-        source += f" ({', '.join(derived)} from seed ratios)"
-    if not faces:
-        source += ", without face phases"
-    if derived:
-        timeline = None
-    if timeline is not None:
-        source += ", with start-up"
-    return Weights(shares, source, measured, timeline)
 
 
 def _phase_status(
@@ -641,7 +535,7 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
             current_phase=_current_phase(statuses, overall_status),
         ),
         phases=Phases.model_validate(phases),
-        weights=_weights_schema(shares),
+        weights=weights_schema(shares),
         weights_source=weights.source,
         warnings=warnings,
         updated_at=max(known) if known else None,
@@ -657,10 +551,6 @@ def compute_progress(snap: SessionSnapshot, weights: Weights) -> UnifiedProgress
         weights.source,
     )
     return response
-
-
-def _weights_schema(shares: Mapping[str, float]) -> PhaseWeights:
-    return PhaseWeights.model_validate({key: round(shares[key], 4) for key in PHASES})
 
 
 def _lost_message(snap: SessionSnapshot, who: str, silence: float, between: bool = False) -> str:

@@ -48,7 +48,7 @@ import numpy as np
 from bench.common import DEFAULT_CACHE, clip_weights, prepare_process
 
 if TYPE_CHECKING:
-    from api.library import TextSearch
+    from api.search import TextSearch
     from photoindex.settings import Settings
 
 BATCH = 500
@@ -186,7 +186,7 @@ async def served(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, TextSearch]]:
     """A fresh app with its own TextSearch (defaults: the API's), answering in-process."""
     from api.app import create_app
-    from api.library import IDLE_CLOSE_S, TEXT_CACHE_SIZE, TextSearch
+    from api.search import IDLE_CLOSE_S, TEXT_CACHE_SIZE, TextSearch
 
     text_search = TextSearch(
         settings,

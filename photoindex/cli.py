@@ -267,7 +267,7 @@ def search(
     ] = "relevance",
 ) -> None:
     """Find the photos that best match TEXT, or that look like the photo --like."""
-    from api.library import (
+    from api.search import (
         LibraryUnavailable,
         PersonNotFound,
         PhotoNotFound,

@@ -70,6 +70,8 @@ BY_KEY = {p.key: p for p in PHASES}
 BY_FLOW = {p.flow: p for p in PHASES}
 BY_NAME: dict[str, PhaseSpec] = {p.name: p for p in PHASES}
 CONTRACT_KEYS: tuple[str, ...] = tuple(p.contract for p in PHASES)
+SEED_WEIGHTS = {p.contract: p.seed_weight for p in PHASES}
+"""Each phase's share before any session was measured, by contract key."""
 
 
 def page_script() -> str:

@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import Search
-from api.library import PersonNotFound, PhotoNotFound, SearchQuery
 from api.schemas import (
     MAX_K,
     MAX_PERSON_ID_CHARS,
@@ -21,6 +20,7 @@ from api.schemas import (
     SearchSort,
     SearchText,
 )
+from api.search import PersonNotFound, PhotoNotFound, SearchQuery
 
 router = APIRouter(tags=["search"], responses={503: {"model": ErrorResponse}})
 

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, status
 
 from api.deps import AppSettings, Launcher, Reader
-from api.library import library_folder
+from api.folders import library_folder
 from api.schemas import ErrorResponse, SessionAction, SessionCreate, SessionCreated, SessionList
 
 router = APIRouter(

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 from prefect.client.schemas.objects import Artifact, FlowRun
 
-from api.prefect_reader import _timeline
+from api.weights import measure_timeline
 from tasks.progress import Counts
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
@@ -53,7 +53,7 @@ def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() ->
         "faceDetection": (107.2, 111.0, counts(20, 108.0)),  # overhead 1 s, 3 s for 20
         "clustering": (111.1, 112.0, counts(0, None)),    # nothing new: all overhead
     }, end=112.0)  # fmt: skip
-    timeline = _timeline([cold[0], warm[0]], [cold[1], warm[1]])
+    timeline = measure_timeline([cold[0], warm[0]], [cold[1], warm[1]])
     assert timeline is not None and timeline.sessions == 2
     assert timeline.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
     assert timeline.startup("deployment") == (18.0, "cold")  # the slower route's, unmeasured
@@ -66,7 +66,7 @@ def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() ->
 
 def test_sessions_from_before_the_timeline_counts_are_left_out() -> None:
     old = session("", 0.0, {"training": (1.0, 9.0, Counts(100, 100, done=True))}, end=9.0)
-    assert _timeline([old[0]], [old[1]]) is None
+    assert measure_timeline([old[0]], [old[1]]) is None
 
 
 def test_a_routes_own_sessions_set_its_unit_costs_when_they_measured_every_phase() -> None:
@@ -81,9 +81,9 @@ def test_a_routes_own_sessions_set_its_unit_costs_when_they_measured_every_phase
         "clustering": (111.1, 112.0, counts(1, 111.5)),
     }, end=112.0)  # fmt: skip
     runs, phases = [cold[0], warm[0]], [cold[1], warm[1]]
-    for_warm = _timeline(runs, phases, "warm")
-    for_cold = _timeline(runs, phases, "cold")
-    pooled = _timeline(runs, phases, "deployment")  # no session of its own: all of them
+    for_warm = measure_timeline(runs, phases, "warm")
+    for_cold = measure_timeline(runs, phases, "cold")
+    pooled = measure_timeline(runs, phases, "deployment")  # no session of its own: all of them
     assert for_warm is not None and for_cold is not None and pooled is not None
     assert for_warm.per_unit_s["training"] == pytest.approx(6.0 / 60)
     assert for_cold.per_unit_s["training"] == pytest.approx(16.0 / 60)
@@ -104,7 +104,7 @@ def test_a_route_whose_sessions_missed_a_phase_takes_every_sessions_costs() -> N
     warm_without_faces = session("warm", 100.0, {
         "training": (100.5, 107.0, counts(60, 101.0)),
     }, end=107.5)  # fmt: skip
-    timeline = _timeline([cold[0], warm_without_faces[0]], [cold[1], warm_without_faces[1]],
+    timeline = measure_timeline([cold[0], warm_without_faces[0]], [cold[1], warm_without_faces[1]],
                          "warm")  # fmt: skip
     assert timeline is not None
     assert set(timeline.per_unit_s) == {"training", "faceDetection", "clustering"}

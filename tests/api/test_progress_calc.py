@@ -9,18 +9,15 @@ from uuid import uuid4
 import pytest
 
 from api.progress import (
-    Calibration,
     PhaseSnapshot,
-    RunState,
     SessionSnapshot,
-    Timeline,
-    Weights,
     compute_progress,
     face_session,
-    session_weights,
     training_progress,
 )
+from api.runs import RunState
 from api.schemas import UnifiedProgressResponse
+from api.weights import Calibration, Timeline, Weights, session_weights
 from tasks.progress import Counts
 
 NOW = datetime(2026, 1, 12, 10, 5, tzinfo=UTC)

@@ -15,9 +15,10 @@ from PIL import Image
 
 from api.app import create_app
 from api.deps import get_launcher, get_persons, get_search
-from api.library import PersonDirectory, SearchQuery, SearchResult, SessionLauncher, TextSearch
+from api.folders import SessionLauncher
 from api.prefect_reader import PrefectReader
 from api.schemas import SearchHit
+from api.search import PersonDirectory, SearchQuery, SearchResult, TextSearch
 from photoindex.settings import Settings
 from tests.loopback import LOOPBACK
 
@@ -264,7 +265,7 @@ def test_bad_folders_never_500(client: TestClient, library: Path) -> None:
 
 def test_library_busy_is_a_409(client: TestClient, library: Path, launcher: FakeLauncher) -> None:
     """Another session indexing into the data folder: 409 with the flows' explanation."""
-    from api.library import LibraryBusy
+    from tasks.lock import LibraryBusy
 
     async def busy(folder: Path, faces: bool) -> UUID:
         raise LibraryBusy("session 123 is already indexing into /data; one session at a time")

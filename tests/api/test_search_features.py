@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.library import TextSearch
+from api.search import TextSearch
 from photoindex.settings import Settings
 from tasks.catalog import Catalog, now_utc
 from tests.loopback import LOOPBACK

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.library import LocalStoreHolder, SearchQuery, SearchResult, TextSearch
+from api.search import LocalStoreHolder, SearchQuery, SearchResult, TextSearch
 from photoindex.settings import Settings
 from tests.loopback import LOOPBACK
 

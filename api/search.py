@@ -1,4 +1,4 @@
-"""The API's access to the photo library: folders under the roots, search, persons, crops.
+"""What the library holds, for the API: text and photo search, persons, crops, thumbnails.
 
 Models, vectors and the catalog are imported lazily, so the progress endpoints never
 load them. Each blocking call runs in a worker thread.
@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -47,67 +46,6 @@ TEXT_CACHE_SIZE = 256
 
 class LibraryUnavailable(Exception):
     """Search or the catalog cannot serve now (no model weights, store busy, flows missing)."""
-
-
-class FolderForbidden(Exception):
-    """The folder lies outside every configured library root."""
-
-
-class FolderNotFound(Exception):
-    """The folder does not exist or is not a directory."""
-
-
-class LibraryBusy(Exception):
-    """Another session is indexing into the data folder now."""
-
-
-def library_folder(folder: str, settings: Settings) -> Path:
-    """The resolved folder, if it lies under a configured library root and exists."""
-    roots = [root.expanduser().resolve() for root in settings.library_roots]
-    if not roots:
-        raise FolderForbidden(
-            "No library roots are configured: set PHOTOINDEX_LIBRARY_ROOTS to the folders "
-            "the API may index."
-        )
-    try:
-        path = Path(folder).expanduser()
-    except RuntimeError:  # "~someone" with no such user
-        path = Path(folder)
-    if not path.is_absolute():
-        raise FolderForbidden(f"Folder must be an absolute path under a library root: {folder}")
-    try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
-        raise FolderNotFound(f"Folder not found: {folder} ({err})") from err
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise FolderForbidden(f"Folder is outside the configured library roots: {folder}")
-    try:
-        exists, is_dir = resolved.exists(), resolved.is_dir()
-    except OSError as err:  # e.g. a name longer than the file system allows
-        raise FolderNotFound(f"Folder not found: {folder} ({err.strerror})") from err
-    if not exists:
-        raise FolderNotFound(f"Folder not found: {folder}")
-    if not is_dir:
-        raise FolderNotFound(f"Not a folder: {folder}")
-    return resolved
-
-
-class SessionLauncher(Protocol):
-    """Starts an indexing session and returns its id at once."""
-
-    async def __call__(self, folder: Path, faces: bool) -> UUID: ...
-
-
-async def launch_session(folder: Path, faces: bool) -> UUID:
-    """Start a session through `photoindex.launch`, off the event loop."""
-    from photoindex.launch import submit_session
-    from tasks.lock import LibraryBusy as IndexRunning
-
-    try:
-        launched = await anyio.to_thread.run_sync(submit_session, folder, faces)
-    except IndexRunning as err:
-        raise LibraryBusy(str(err)) from err
-    return launched.session_id
 
 
 @dataclass(frozen=True)
@@ -388,7 +326,9 @@ class PersonDirectory:
             Person(
                 person_id=str(row["person_id"]),
                 face_count=int(row["face_count"]),
-                representative_face_id=_opt_str(row.get("representative_face_id")),
+                representative_face_id=(
+                    None if (face := row.get("representative_face_id")) is None else str(face)
+                ),
                 representative_crop_url=(
                     f"/api/v1/faces/{row['representative_face_id']}/crop"
                     if row.get("representative_face_id")
@@ -426,10 +366,6 @@ class PersonDirectory:
         from tasks.catalog import Catalog
 
         return Catalog(self.settings).face_crop_path(face_id)
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 THUMB_SIDE = 320

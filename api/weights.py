@@ -1,0 +1,215 @@
+"""Session weights: what finished sessions measured, as shares and a timeline.
+
+A session's weights are fixed when it starts, from the sessions that finished before:
+seconds per image of each phase, and the timeline of its parts (start-up per launch
+route, each later phase's overhead, and its cost per unit of work). Pure: the caller
+fetches the finished sessions (`api.prefect_reader`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from prefect.client.schemas.objects import FlowRun
+
+from api.runs import Phases, counts_of, run_state, utc
+from api.schemas import PhaseWeights
+from photoindex.launch import launch_route
+from photoindex.phases import BY_CONTRACT, SEED_WEIGHTS
+from photoindex.phases import CONTRACT_KEYS as PHASES
+
+FIRST = PHASES[0]
+CALIBRATION_SESSIONS = 5
+"""How many recent completed sessions calibrate a new session's weights."""
+MIN_FRESH_SHARE = 0.5
+"""A session calibrates only if at least this share of its images was new work, not reused."""
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A session's time, measured on sessions finished earlier, in the parts it is made of.
+
+    Start-up runs from the session's creation to the embed phase's first batch in flight
+    (process start, imports, model load, discovery and hashing); it differs by launch
+    route (a warm indexer or a new process), so it is kept per route. Each later phase
+    has an overhead (from the previous phase's end to its first batch) and then a cost
+    per unit of work: a photo to do for embed and faces, a library photo for clustering.
+    """
+
+    startup_s: Mapping[str, float]
+    overhead_s: Mapping[str, float]
+    per_unit_s: Mapping[str, float]
+    sessions: int = 0
+
+    def startup(self, route: str) -> tuple[float, str]:
+        """Start-up seconds for a route, and the route they were measured on."""
+        if route in self.startup_s:
+            return self.startup_s[route], route
+        if not self.startup_s:
+            return 0.0, ""
+        other = max(self.startup_s, key=lambda r: self.startup_s[r])
+        return self.startup_s[other], other
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured seconds per session image of each phase, from sessions finished earlier."""
+
+    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
+    sessions: int = 0
+    timeline: Timeline | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The fixed weights of one session, and the per-image costs they came from."""
+
+    shares: Mapping[str, float]
+    source: str
+    seconds_per_image: Mapping[str, float] = field(default_factory=dict)
+    """Calibrated seconds per image, only for phases that have history."""
+    timeline: Timeline | None = None
+    """Measured start-up, overheads and unit costs: the percentage then follows time."""
+
+    def schema(self) -> PhaseWeights:
+        return weights_schema(self.shares)
+
+
+def session_weights(calibration: Calibration, faces: bool) -> Weights:
+    """Weights for a session: calibrated per-image costs when known, else the seed's."""
+    active = [p for p in PHASES if faces or not BY_CONTRACT[p].needs_faces]
+    measured = {p: s for p, s in calibration.seconds_per_image.items() if p in active and s > 0}
+    timeline = calibration.timeline
+    if timeline is not None and not all(p in timeline.per_unit_s for p in active):
+        timeline = None  # a phase never measured: its time cannot be told
+    if not measured:
+        total = sum(SEED_WEIGHTS[p] for p in active)
+        shares = {p: (SEED_WEIGHTS[p] / total if p in active else 0.0) for p in PHASES}
+        if timeline is not None:
+            plural = "s" if timeline.sessions != 1 else ""
+            return Weights(
+                shares, f"calibrated from {timeline.sessions} session{plural}, with start-up",
+                timeline=timeline,
+            )  # fmt: skip
+        source = "seed-default" if faces else "seed-default, renormalised without face phases"
+        return Weights(shares, source)
+    anchor = FIRST if FIRST in measured else next(iter(measured))
+    costs = dict(measured)
+    derived = [p for p in active if p not in measured]
+    for p in derived:
+        costs[p] = measured[anchor] * SEED_WEIGHTS[p] / SEED_WEIGHTS[anchor]
+    total = sum(costs.values())
+    shares = {p: costs.get(p, 0.0) / total for p in PHASES}
+    plural = "s" if calibration.sessions != 1 else ""
+    source = f"calibrated from {calibration.sessions} session{plural}"
+    if derived:
+        source += f" ({', '.join(derived)} from seed ratios)"
+    if not faces:
+        source += ", without face phases"
+    if derived:
+        timeline = None
+    if timeline is not None:
+        source += ", with start-up"
+    return Weights(shares, source, measured, timeline)
+
+
+def weights_schema(shares: Mapping[str, float]) -> PhaseWeights:
+    return PhaseWeights.model_validate({key: round(shares[key], 4) for key in PHASES})
+
+
+def calibrate(
+    previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str
+) -> Calibration:
+    """Seconds per session image of each phase, over the given completed sessions (each
+with its phases); the timeline of a session started by `route` prefers that route's."""
+    if not previous:
+        return Calibration()
+    seconds: dict[str, float] = {}
+    images: dict[str, int] = {}
+    used = 0
+    for phase_runs, latest in per_parent:
+        counts = counts_of(latest.get(PHASES[0]))
+        embed = phase_runs.get(PHASES[0])
+        if counts is None or counts.total <= 0 or embed is None:
+            continue
+        duration = run_state(embed).duration_s or 0.0
+        # Items the run did itself; older artifacts carry only a rate to estimate it from.
+        fresh = counts.fresh or counts.per_minute * duration / 60.0
+        if fresh < MIN_FRESH_SHARE * counts.total:
+            continue  # mostly reused work: it says little about real costs
+        used += 1
+        for phase, child in phase_runs.items():
+            state = run_state(child)
+            if state.state_type == "COMPLETED" and state.duration_s is not None:
+                seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
+                images[phase] = images.get(phase, 0) + counts.total
+    per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
+    timeline = measure_timeline(previous, per_parent, route)
+    if not per_image:
+        return Calibration(timeline=timeline)
+    return Calibration(per_image, used, timeline)
+
+
+def measure_timeline(
+    previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str = ""
+) -> Timeline | None:
+    """Start-up (per launch route), overheads and unit costs measured on finished sessions.
+
+    The overheads and unit costs come from the sessions of `route` when they measured
+    every phase the others did: a new process pays one-off costs inside its phases too
+    (the first forward pass, clustering's imports) that a warm indexer has already paid.
+    """
+    pooled = _measure(previous, per_parent)
+    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
+            if route and launch_route(p.tags) == route]  # fmt: skip
+    own = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
+    if pooled is None or own is None or not own.per_unit_s.keys() >= pooled.per_unit_s.keys():
+        return pooled
+    return replace(own, startup_s=pooled.startup_s)
+
+
+def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timeline | None:
+    """The timeline of these sessions, all routes pooled but for start-up.
+
+    Each session's time is cut where its phases say work began (`work_started`, the first
+    batch in flight) and where each phase run ended; sessions whose artifacts predate
+    these counts are left out.
+    """
+    startup: dict[str, list[float]] = {}
+    overhead: dict[str, list[float]] = {}
+    spent: dict[str, float] = {}
+    units: dict[str, float] = {}
+    used = 0
+    for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
+        created, end = utc(parent.created), utc(parent.end_time)
+        embed = counts_of(artifacts.get(PHASES[0]))
+        if created is None or end is None or embed is None or embed.todo < 0:
+            continue
+        used += 1
+        segment_start = created.timestamp()
+        for key in PHASES:
+            run, counts = runs.get(key), counts_of(artifacts.get(key))
+            run_end = utc(run.end_time) if run is not None else None
+            if run is None or run_end is None or counts is None:
+                break
+            last = key == PHASES[-1] or PHASES[PHASES.index(key) + 1] not in runs
+            stop = end.timestamp() if last else run_end.timestamp()
+            began = counts.work_started if counts.work_started > 0 else stop
+            bucket = startup.setdefault(launch_route(parent.tags), []) if key == PHASES[0] else (
+                overhead.setdefault(key, [])
+            )
+            bucket.append(max(0.0, began - segment_start))
+            n = embed.total if BY_CONTRACT[key].units == "library" else counts.todo
+            if counts.work_started > 0 and n > 0:
+                spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
+                units[key] = units.get(key, 0.0) + n
+            segment_start = run_end.timestamp()
+    if not used or not startup:
+        return None
+    return Timeline(
+        startup_s={route: sum(v) / len(v) for route, v in startup.items()},
+        overhead_s={key: sum(v) / len(v) for key, v in overhead.items()},
+        per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
+        sessions=used,
+    )
