@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
@@ -17,6 +19,10 @@ load_count = 0
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+#: An (H, W, 3) uint8 photo or crop; the face models take it in BGR order.
+Image = npt.NDArray[np.uint8]
+Floats = npt.NDArray[np.float32]
 
 
 def onnx_session(model_path: Path, threads: int = 1) -> ort.InferenceSession:

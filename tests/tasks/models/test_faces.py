@@ -18,11 +18,11 @@ from skimage import data
 
 from photoindex.settings import Settings
 from tasks.models.base import onnx_session
-from tasks.models.faces import (
+from tasks.models.face_detector import FaceDetector
+from tasks.models.faces import FaceAnalyzer
+from tasks.models.onnx_fix import (
     SFACE_SOURCE,
     YUNET_SOURCE,
-    FaceAnalyzer,
-    FaceDetector,
     fold_dequantize,
     prepare_face_models,
     prune_graph_inputs,
