@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from insightface.model_zoo.scrfd import SCRFD
 
 from photoindex.settings import Settings, get_settings
-from tasks.models.base import Floats, Image, onnx_session
+from tasks.models.base import Floats, Image, LazyModel, onnx_session
 from tasks.models.face_detector import YUNET_ID, FaceDetector
 from tasks.models.face_encoder import SFACE_ID, FaceEncoder
 from tasks.models.onnx_fix import prepare_face_models
@@ -40,8 +39,13 @@ class _Detector(Protocol):
     def detect(self, img: Image, max_num: int = 0) -> tuple[Floats, Floats]: ...
 
 
-class FaceAnalyzer:
+class FaceAnalyzer(LazyModel):
     """Detects, aligns and embeds every face in a photo; models load on first use."""
+
+    counts_as_load = False  # the detector and the encoder count their own loads
+    # Loaded state is prefixed `_m_` so pickling drops it; class defaults cover unpickled copies.
+    _m_detector: _Detector | None = None
+    _m_encoder: FaceEncoder | None = None
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class FaceAnalyzer:
         encoder_threads: int = 1,
         settings: Settings | None = None,
     ) -> None:
+        super().__init__()
         settings = settings or get_settings()
         self.pack_dir = pack_dir or settings.face_pack
         self.detector_path = detector_path or settings.face_detector
@@ -67,12 +72,10 @@ class FaceAnalyzer:
         self.min_face_size = min_face_size
         self.threads = threads or settings.threads
         self.encoder_threads = encoder_threads
-        self._detector: _Detector | None = None
-        self._encoder: FaceEncoder | None = None
-        self._lock = threading.Lock()
 
+    # The base declares model_id as a plain class attribute; here it is derived and read-only.
     @property
-    def model_id(self) -> str:
+    def model_id(self) -> str:  # type: ignore[override]
         """Names the detector+encoder pair, e.g. 'yunet-2023mar+sface-2021dec', to key resume."""
         if self.pack_dir is not None:
             name = self.pack_dir.name
@@ -85,34 +88,23 @@ class FaceAnalyzer:
     def encoder(self) -> FaceEncoder:
         """The recogniser, built on first use."""
         self.load()
-        assert self._encoder is not None
-        return self._encoder
+        assert self._m_encoder is not None
+        return self._m_encoder
 
     @property
     def detector(self) -> _Detector:
         """The detector, built on first use."""
         self.load()
-        assert self._detector is not None
-        return self._detector
+        assert self._m_detector is not None
+        return self._m_detector
 
     @property
     def dim(self) -> int:
         """Embedding width of the configured recogniser."""
         return self.encoder.dim
 
-    @property
-    def loaded(self) -> bool:
-        return self._detector is not None and self._encoder is not None
-
-    def load(self) -> None:
-        """Prepare model files if needed and load both models."""
-        if self._detector is not None and self._encoder is not None:
-            return
-        with self._lock:
-            if self._detector is None or self._encoder is None:
-                self._load()
-
     def _load(self) -> None:
+        """Prepare model files if needed and load both models."""
         size = (self.det_size, self.det_size)
         if self.pack_dir is not None:
             det_file = self.pack_dir / PACK_DETECTOR
@@ -130,7 +122,7 @@ class FaceAnalyzer:
                 input_std=None,
             )
             encoder.load()
-            self._detector, self._encoder = scrfd, encoder
+            self._m_detector, self._m_encoder = scrfd, encoder
             return
         det_path, enc_path = self.detector_path, self.encoder_path
         if det_path is None or enc_path is None:
@@ -142,15 +134,7 @@ class FaceAnalyzer:
         yunet.load()
         encoder = FaceEncoder(enc_path, self.encoder_threads, model_id=enc_id)
         encoder.load()
-        self._detector, self._encoder = yunet, encoder
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Like InferenceModel: loaded models stay behind; each process loads its own.
-        return {**self.__dict__, "_detector": None, "_encoder": None, "_lock": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._m_detector, self._m_encoder = yunet, encoder
 
     def analyze(self, img_bgr: Image) -> list[Face]:
         """Every face of at least min_face_size pixels, best score first."""
