@@ -62,15 +62,15 @@ class FaceAnalyzer(LazyModel):
         settings: Settings | None = None,
     ) -> None:
         super().__init__()
-        settings = settings or get_settings()
-        self.pack_dir = pack_dir or settings.face_pack
-        self.detector_path = detector_path or settings.face_detector
-        self.encoder_path = encoder_path or settings.face_encoder
-        self.models_dir = models_dir or settings.models_dir
-        self.det_size = det_size or settings.face_det_size
+        settings = settings or get_settings()  # what an argument left out defaults to
+        self.pack_dir = settings.face_pack if pack_dir is None else pack_dir
+        self.detector_path = settings.face_detector if detector_path is None else detector_path
+        self.encoder_path = settings.face_encoder if encoder_path is None else encoder_path
+        self.models_dir = settings.models_dir if models_dir is None else models_dir
+        self.det_size = settings.face_det_size if det_size is None else det_size
         self.det_threshold = settings.face_det_threshold if det_threshold is None else det_threshold
         self.min_face_size = min_face_size
-        self.threads = threads or settings.threads
+        self.threads = settings.threads if threads is None else threads
         self.encoder_threads = encoder_threads
 
     # The base declares model_id as a plain class attribute; here it is derived and read-only.
