@@ -7,7 +7,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from tasks.models.base import Floats, Image, InferenceModel, onnx_session
 
@@ -17,18 +16,6 @@ YUNET_ID = "yunet-2023mar"
 _YUNET_STRIDES = (8, 16, 32)
 _YUNET_OUTPUTS = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in _YUNET_STRIDES]
 _YUNET_DIVISOR = 32
-
-
-def _largest_central(
-    bboxes: Floats, image_shape: tuple[int, ...], max_num: int
-) -> npt.NDArray[np.intp]:
-    """Indices of the max_num faces ranked by area minus distance from centre, as SCRFD does."""
-    area = (bboxes[:, 2] - bboxes[:, 0]) * (bboxes[:, 3] - bboxes[:, 1])
-    cy, cx = image_shape[0] // 2, image_shape[1] // 2
-    dx = (bboxes[:, 0] + bboxes[:, 2]) / 2 - cx
-    dy = (bboxes[:, 1] + bboxes[:, 3]) / 2 - cy
-    order: npt.NDArray[np.intp] = np.argsort(area - (dx * dx + dy * dy) * 2.0)[::-1]
-    return order[:max_num]
 
 
 def _round_up(value: int) -> int:
@@ -70,7 +57,7 @@ class FaceDetector(InferenceModel[Image, tuple[Floats, Floats]]):
     def _predict(self, inputs: Image) -> tuple[Floats, Floats]:
         return self.detect(inputs)
 
-    def detect(self, img_bgr: Image, max_num: int = 0) -> tuple[Floats, Floats]:
+    def detect(self, img_bgr: Image) -> tuple[Floats, Floats]:
         """Find faces: (N,5) x1,y1,x2,y2,score and (N,5,2) landmarks, in image pixels."""
         self.load()
         height, width = img_bgr.shape[:2]
@@ -92,9 +79,6 @@ class FaceDetector(InferenceModel[Image, tuple[Floats, Floats]]):
         bboxes = faces[:, :5].copy()
         bboxes[:, :4] /= scale
         kpss = (faces[:, 5:] / scale).reshape(-1, 5, 2)
-        if 0 < max_num < len(bboxes):
-            keep = _largest_central(bboxes, img_bgr.shape, max_num)
-            bboxes, kpss = bboxes[keep], kpss[keep]
         return bboxes.astype(np.float32), kpss.astype(np.float32)
 
     def _decode(self, outputs: list[Any], canvas_w: int) -> Floats:

@@ -36,7 +36,7 @@ class Face(FoundFace):
 
 
 class _Detector(Protocol):
-    def detect(self, img: Image, max_num: int = 0) -> tuple[Floats, Floats]: ...
+    def detect(self, img: Image) -> tuple[Floats, Floats]: ...
 
 
 class FaceAnalyzer(LazyModel):
@@ -145,7 +145,7 @@ class FaceAnalyzer(LazyModel):
 
         This is all that needs the photo's pixels: the aligned crops carry the rest.
         """
-        bboxes, kpss = self.detector.detect(img_bgr, max_num=0)
+        bboxes, kpss = self.detector.detect(img_bgr)
         encoder = self.encoder
         found: list[FoundFace] = []
         for box, kps in zip(bboxes, kpss, strict=True):

@@ -170,14 +170,6 @@ def test_detector_matches_opencv_face_detector_yn(
     np.testing.assert_allclose(bboxes[:, 4], faces[order, 14], atol=0.01)
 
 
-def test_max_num_keeps_the_biggest_central_faces(
-    analyzer: FaceAnalyzer, photos: dict[str, Image]
-) -> None:
-    bboxes, kpss = analyzer.detector.detect(photos["t1"], max_num=2)
-
-    assert bboxes.shape == (2, 5) and kpss.shape == (2, 5, 2)
-
-
 def test_faces_smaller_than_20_pixels_are_ignored(
     analyzer: FaceAnalyzer, photos: dict[str, Image]
 ) -> None:
