@@ -65,7 +65,7 @@ class FaceEncoder(InferenceModel[Image, Floats]):
         """Warp the face with these 5 landmarks to the model's aligned square crop."""
         with warnings.catch_warnings():
             # insightface calls SimilarityTransform.estimate, deprecated in scikit-image 0.26
-            # and due for removal in 2.2 (FACTS fix 6); pin scikit-image <2.2 until then.
+            # and due for removal in 2.2; pyproject pins scikit-image <2.2 until then.
             warnings.simplefilter("ignore", FutureWarning)
             crop: Image = face_align.norm_crop(img_bgr, landmark=kps, image_size=self.crop_size)
         return crop
