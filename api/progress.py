@@ -304,7 +304,7 @@ def _eta(
 def _warn_if_slow(
     key: str, counts: Counts, weights: Weights, n_images: int | None, warnings: list[str]
 ) -> None:
-    """Warn when a phase runs clearly slower than its history (the seed's open question 4)."""
+    """Warn when a phase runs clearly slower than its history of seconds per image."""
     spi = weights.seconds_per_image.get(key)
     if spi is None or not n_images or counts.total <= 0 or counts.per_minute <= 0:
         return

@@ -411,7 +411,9 @@ class PhotoDirectory:
         if source is None:
             return None
         try:
-            decoded = decode_image(source, max_side=THUMB_SIDE)
+            decoded = decode_image(
+                source, max_side=THUMB_SIDE, max_pixels=self.settings.max_image_pixels
+            )
         except SkipImage as err:  # moved or damaged since the scan
             logger.info("no thumbnail for %s: %s", photo_id, err.reason)
             return None

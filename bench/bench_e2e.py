@@ -114,7 +114,7 @@ def measure_limit(paths: list[str], decoders: bool = False) -> Limit:
                 tensors.append(model.preprocess(decoded.reduced(clip_side, slack).image))
             bgr = decoded.pixels
             with timed(parts, "face detector"):
-                boxes, kpss = detector.detect(bgr, max_num=0)
+                boxes, kpss = detector.detect(bgr)
             for box, kps in zip(boxes, kpss, strict=True):
                 x1, y1, x2, y2 = (float(v) for v in box[:4])
                 if min(x2 - x1, y2 - y1) < analyzer.min_face_size:

@@ -83,7 +83,7 @@ def configure(data_dir: Path, weights: Path, **extra: str) -> None:
 
 def seed_face_models(cache: Path, data_dir: Path) -> None:
     """Copy the converted face models into a fresh data folder, so no run pays the conversion."""
-    from tasks.models.faces import prepare_face_models
+    from tasks.models.onnx_fix import prepare_face_models
 
     detector, encoder = prepare_face_models(cache / "face-models")
     models = data_dir / "models"

@@ -84,6 +84,12 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
     def decode_one(self, ref: ImageRef) -> Decoded | SkipImage:
         """One photo at this phase's size and channel order, or why it cannot be used."""
         try:
-            return decode_image(ref.path, self.max_side, self.side_slack, self.channel_order)
+            return decode_image(
+                ref.path,
+                self.max_side,
+                self.side_slack,
+                self.channel_order,
+                max_pixels=self.settings.max_image_pixels,
+            )
         except SkipImage as skip:
             return skip

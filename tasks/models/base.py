@@ -1,4 +1,4 @@
-"""The one base class for models and the one place that builds onnxruntime sessions."""
+"""The base classes of every model and the one place that builds onnxruntime sessions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
@@ -17,6 +19,10 @@ load_count = 0
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+#: An (H, W, 3) uint8 photo or crop; the face models take it in BGR order.
+Image = npt.NDArray[np.uint8]
+Floats = npt.NDArray[np.float32]
 
 
 def onnx_session(model_path: Path, threads: int = 1) -> ort.InferenceSession:
@@ -30,10 +36,16 @@ def onnx_session(model_path: Path, threads: int = 1) -> ort.InferenceSession:
     )
 
 
-class InferenceModel(ABC, Generic[In, Out]):
-    """A model with a lazy, thread-safe `load()` and an abstract `_predict()`."""
+class LazyModel(ABC):
+    """A model with a lazy, thread-safe `load()` that stays behind when pickled.
+
+    Loaded state goes in attributes prefixed `_m_`: a pickled copy drops them and loads
+    its own on first use.
+    """
 
     model_id: str = "unknown"
+    #: Whether a load counts in `load_count`; a pair of models counts its members instead.
+    counts_as_load = True
 
     def __init__(self) -> None:
         self._loaded = False
@@ -49,22 +61,15 @@ class InferenceModel(ABC, Generic[In, Out]):
                 logger.info("loading model %s", self.model_id)
                 self._load()
                 self._loaded = True
-                load_count += 1
+                if self.counts_as_load:
+                    load_count += 1
 
     @property
     def loaded(self) -> bool:
         return self._loaded
 
-    def predict(self, inputs: In) -> Out:
-        """Run the model, loading it first if needed."""
-        self.load()
-        return self._predict(inputs)
-
     @abstractmethod
     def _load(self) -> None: ...
-
-    @abstractmethod
-    def _predict(self, inputs: In) -> Out: ...
 
     def __getstate__(self) -> dict[str, Any]:
         # Loaded weights and sessions never travel between processes; each loads its own.
@@ -76,3 +81,15 @@ class InferenceModel(ABC, Generic[In, Out]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+class InferenceModel(LazyModel, Generic[In, Out]):
+    """A lazily loaded model with an abstract `_predict()`."""
+
+    def predict(self, inputs: In) -> Out:
+        """Run the model, loading it first if needed."""
+        self.load()
+        return self._predict(inputs)
+
+    @abstractmethod
+    def _predict(self, inputs: In) -> Out: ...

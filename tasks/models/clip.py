@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError
 
-from photoindex.settings import get_settings
+from photoindex.settings import Settings, get_settings
 from tasks.models.base import InferenceModel
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,10 @@ class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
         pretrained: str | Path | None = None,
         config: Path | None = None,
         threads: int | None = None,
+        settings: Settings | None = None,
     ) -> None:
         super().__init__()
-        settings = get_settings()
+        settings = settings or get_settings()  # what an argument left out defaults to
         self.config: Path | None = config if config is not None else settings.clip_config
         if config is None and model_name is not None and self.config is not None:
             # An explicit architecture uses the configured JSON only if that JSON defines it.

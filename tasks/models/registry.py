@@ -47,6 +47,7 @@ def clip_embedder(settings: Settings) -> ClipEmbedder:
             pretrained=settings.clip_pretrained,
             config=settings.clip_config,
             threads=settings.threads,
+            settings=settings,
         ),
     )
 
@@ -58,18 +59,7 @@ def face_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyze
     n = settings.threads if threads is None else threads
     key = ("faces", settings.face_detector, settings.face_encoder, settings.face_pack,
            settings.models_dir, settings.face_det_size, settings.face_det_threshold, n)  # fmt: skip
-    return _kept(
-        key,
-        lambda: FaceAnalyzer(
-            detector_path=settings.face_detector,
-            encoder_path=settings.face_encoder,
-            pack_dir=settings.face_pack,
-            models_dir=settings.models_dir,
-            det_size=settings.face_det_size,
-            det_threshold=settings.face_det_threshold,
-            threads=n,
-        ),
-    )
+    return _kept(key, lambda: FaceAnalyzer(threads=n, settings=settings))
 
 
 def loaded_models() -> list[str]:

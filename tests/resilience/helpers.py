@@ -40,7 +40,7 @@ def use_data_dir(data: Path, **env: str) -> Iterator[Settings]:
 
 def seed_face_models(data: Path) -> None:
     """Give a new data folder the fp32 face models, prepared once per test session."""
-    from tasks.models.faces import prepare_face_models
+    from tasks.models.onnx_fix import prepare_face_models
 
     if (data / "models").is_dir():
         return

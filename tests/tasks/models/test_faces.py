@@ -18,11 +18,11 @@ from skimage import data
 
 from photoindex.settings import Settings
 from tasks.models.base import onnx_session
-from tasks.models.faces import (
+from tasks.models.face_detector import FaceDetector
+from tasks.models.faces import FaceAnalyzer
+from tasks.models.onnx_fix import (
     SFACE_SOURCE,
     YUNET_SOURCE,
-    FaceAnalyzer,
-    FaceDetector,
     fold_dequantize,
     prepare_face_models,
     prune_graph_inputs,
@@ -168,14 +168,6 @@ def test_detector_matches_opencv_face_detector_yn(
     np.testing.assert_allclose(bboxes[:, :4], expected_boxes, atol=1.0)
     np.testing.assert_allclose(kpss.reshape(-1, 10), faces[order, 4:14], atol=1.0)
     np.testing.assert_allclose(bboxes[:, 4], faces[order, 14], atol=0.01)
-
-
-def test_max_num_keeps_the_biggest_central_faces(
-    analyzer: FaceAnalyzer, photos: dict[str, Image]
-) -> None:
-    bboxes, kpss = analyzer.detector.detect(photos["t1"], max_num=2)
-
-    assert bboxes.shape == (2, 5) and kpss.shape == (2, 5, 2)
 
 
 def test_faces_smaller_than_20_pixels_are_ignored(
