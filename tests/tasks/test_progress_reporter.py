@@ -4,37 +4,11 @@ Prefect outage that costs progress updates but never the work."""
 from __future__ import annotations
 
 import time
-from typing import Any
-from uuid import UUID, uuid4
 
 import pytest
 
-from tasks import progress
 from tasks.progress import Counts, ProgressReporter
-
-
-class Recorder:
-    def __init__(self, fail: bool = False) -> None:
-        self.updates: list[tuple[float, Counts | None]] = []
-        self.fail = fail
-
-    def create(self, **_: Any) -> UUID:
-        if self.fail:
-            raise ConnectionError("Prefect is down")
-        return uuid4()
-
-    def update(self, _id: UUID, progress: float, description: str) -> None:
-        if self.fail:
-            raise ConnectionError("Prefect is down")
-        self.updates.append((progress, Counts.parse(description)))
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    rec = Recorder()
-    monkeypatch.setattr(progress, "create_progress_artifact", rec.create)
-    monkeypatch.setattr(progress, "update_progress_artifact", rec.update)
-    return rec
+from tests.tasks.conftest import Recorder
 
 
 def test_a_phase_that_finishes_nothing_for_a_while_still_beats(recorder: Recorder) -> None:
@@ -62,9 +36,7 @@ def test_counts_carry_work_in_flight_and_what_this_run_did(recorder: Recorder) -
 
 
 def test_prefect_down_costs_updates_not_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    rec = Recorder(fail=True)
-    monkeypatch.setattr(progress, "create_progress_artifact", rec.create)
-    monkeypatch.setattr(progress, "update_progress_artifact", rec.update)
+    rec = Recorder(fail=True).install(monkeypatch)
     reporter = ProgressReporter("faces", total=2, interval_s=0.0, heartbeat_s=60)
     reporter.start()
     reporter.advance(processed=1)

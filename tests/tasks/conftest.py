@@ -1,0 +1,39 @@
+"""A stand-in for Prefect's progress artifacts: what a phase published, without a server."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from tasks import progress
+from tasks.progress import Counts
+
+
+class Recorder:
+    """Records each progress update as (percentage, counts); `fail` plays an outage."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.updates: list[tuple[float, Counts | None]] = []
+        self.fail = fail
+
+    def create(self, **_: Any) -> UUID:
+        if self.fail:
+            raise ConnectionError("Prefect is down")
+        return uuid4()
+
+    def update(self, _id: UUID, progress: float, description: str) -> None:
+        if self.fail:
+            raise ConnectionError("Prefect is down")
+        self.updates.append((progress, Counts.parse(description)))
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
+        monkeypatch.setattr(progress, "create_progress_artifact", self.create)
+        monkeypatch.setattr(progress, "update_progress_artifact", self.update)
+        return self
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    return Recorder().install(monkeypatch)
