@@ -79,6 +79,10 @@ SLOW = (
     "api/test_progress_e2e.py",
     "api/test_schemathesis.py",
     "tasks/test_cluster_scale.py",
+    "tasks/test_phase.py",
+    "tasks/test_housekeeping.py",
+    "api/test_bad_input_http.py",
+    "test_prefect_server.py",
 )
 
 

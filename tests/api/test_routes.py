@@ -15,7 +15,7 @@ from PIL import Image
 
 from api.app import create_app
 from api.deps import get_launcher, get_persons, get_search
-from api.folders import SessionLauncher
+from api.folders import SessionLauncher, launch_session
 from api.prefect_reader import PrefectReader
 from api.schemas import SearchHit
 from api.search import PersonDirectory, SearchQuery, SearchResult, TextSearch
@@ -345,6 +345,29 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
     }
 
 
-def test_launcher_protocol_is_satisfied() -> None:
-    launcher: SessionLauncher = FakeLauncher()
-    assert callable(launcher)
+def test_the_real_launcher_hands_the_folder_to_photoindex_launch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`launch_session` (what the POST calls) returns the id `submit_session` gave, and
+    lets a busy library through as `tasks.lock.LibraryBusy` (the 409 above)."""
+    import anyio
+
+    import photoindex.launch
+    from photoindex.launch import Launched
+    from tasks.lock import LibraryBusy
+
+    asked: list[tuple[Path, bool]] = []
+    session = uuid4()
+
+    def submit(folder: Path, faces: bool = True) -> Launched:
+        asked.append((folder, faces))
+        if folder.name == "busy":
+            raise LibraryBusy("session 123 is already indexing into /data")
+        return Launched(session, "warm")
+
+    monkeypatch.setattr(photoindex.launch, "submit_session", submit)
+    launcher: SessionLauncher = launch_session
+    assert anyio.run(launcher, tmp_path / "holiday", False) == session
+    assert asked == [(tmp_path / "holiday", False)]
+    with pytest.raises(LibraryBusy, match="already indexing"):
+        anyio.run(launcher, tmp_path / "busy", True)

@@ -167,6 +167,7 @@ def test_weights_for_another_arch_are_refused(tiny: tuple[Path, Path]) -> None:
         ClipEmbedder(model_name="ViT-B-32", pretrained=weights).load()
 
 
+@pytest.mark.slow
 def test_default_tag_offline_says_how_to_fix(tmp_path: Path) -> None:
     # A fresh process, because huggingface_hub reads HF_HUB_OFFLINE when it is imported.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOINDEX_")}
