@@ -1,7 +1,7 @@
 """Benchmark: clustering 1k, 10k and 100k face embeddings into persons.
 
 The faces are SFace embeddings built around the real people in shipped photos
-(`bench/_faces_synth.py` says how), with a known person for each, so quality is measured
+(`tests/faces_synth.py` says how), with a known person for each, so quality is measured
 against the truth: adjusted Rand index (strangers and noise each count as their own
 person) and pairwise precision and recall (of the pairs put together, how many are one
 person; of the pairs of one person, how many were put together).
@@ -58,7 +58,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(tempfile.gettempdir()) / "photoindex-bench"
 SETTINGS = {"min_cluster_size": 2, "epsilon": 0.8, "min_similarity": 0.45}
-FACTS_BASELINE_100K_S = 26 * 60  # FACTS.md: HDBSCAN after PCA-50 took about 26 min at 100k
+MEASURED_BASELINE_100K_S = 26 * 60
+"""HDBSCAN after PCA-50 took about 26 min at 100k faces on the 2-core build machine."""
 
 
 def baseline_cluster(
@@ -409,7 +410,7 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", "`estimate` is deprecated", FutureWarning)
-    from bench._faces_synth import make_library, real_faces, real_spread, sample_spread
+    from tests.faces_synth import make_library, real_faces, real_spread, sample_spread
 
     started = time.perf_counter()
     real = real_faces()
@@ -474,7 +475,7 @@ def main() -> None:
             new = next(r for r in rows if r.method == "new" and r.size == n)
             print(f"baseline at {n}: skipped; extrapolated n^{power:.2f} from {b.size} -> "
                   f"{guess / 60:.0f} min, likely low: its tree search grows faster at large n "
-                  f"(FACTS.md measured ~{FACTS_BASELINE_100K_S // 60} min at 100k; "
+                  f"(measured earlier: ~{MEASURED_BASELINE_100K_S // 60} min at 100k; "
                   f"--baseline-max 100000 measures it); new/extrapolated time "
                   f"{new.seconds / guess:.4f}")  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Clustering thousands of faces: the neighbour-graph path against exact HDBSCAN and the truth.
 
 The faces are SFace embeddings of the real people in shipped photos and libraries built
-around them (`bench/_faces_synth.py`), so every face has a known person.
+around them (`tests/faces_synth.py`), so every face has a known person.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import tasks.cluster as cluster
-from bench._faces_synth import Library, RealFaces, make_library, real_faces
 from tasks.cluster import CellIndex, cluster_embeddings
+from tests.faces_synth import Library, RealFaces, make_library, real_faces
 
 # insightface's norm_crop calls a scikit-image API that warns it will go in scikit-image 2.2.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")

@@ -1,7 +1,7 @@
 """Face embeddings at any scale, built around real SFace embeddings of real people.
 
-No package ships a large labelled face set (FACTS.md), so the clustering benchmark and its
-tests build one honestly:
+No package ships a large labelled face set (LFW and its kind are downloads, not packages),
+so the clustering benchmark and its tests build one honestly:
 
 1. Real faces. SFace embeddings of every real person in the photos that packages ship:
    scikit-image's astronaut and cameraman, InsightFace's t1.jpg group (6 people) and
