@@ -10,7 +10,7 @@ Each clustering runs in a child process that loads the vectors, resets its peak 
 (`/proc/self/clear_refs`), clusters, and reports wall time and peak RSS during clustering.
 Methods, all with the project's settings (min cluster size 2, epsilon 0.8, min cosine 0.45):
 
-- `new`: `tasks.cluster.cluster_embeddings` as it is now (above 2,000 faces: a k-means cell
+- `new`: `tasks.clustering.cluster_embeddings` as it is now (above 2,000 faces: a k-means cell
   index, a 15-neighbour graph, its spanning tree, HDBSCAN's selection on that tree).
 - `baseline`: the path before issue 6 (PCA to 50 dims, HDBSCAN's own tree search, always
   allowing a single cluster), kept verbatim below. Run where it takes minutes, not hours
@@ -129,7 +129,7 @@ def _faiss_neighbours(unit: np.ndarray, k: int, kind: str) -> tuple[np.ndarray, 
         index.add(unit)
         index.hnsw.efSearch = 64
     else:
-        from tasks.cluster import CELL_SIZE, PROBES
+        from tasks.clustering import CELL_SIZE, PROBES
 
         lists = max(1, n // CELL_SIZE)
         quantizer = faiss.IndexFlatIP(dim)
@@ -173,7 +173,7 @@ def graph_cluster(
     from hdbscan import _hdbscan_linkage as linkage_of
     from scipy.sparse import csgraph
 
-    from tasks.cluster import _FAR, Neighbours, _distance, _graph, _prune, _select
+    from tasks.clustering import _FAR, Neighbours, _distance, _graph, _prune, _select
 
     n, k = found.shape
     ok = found >= 0
@@ -195,7 +195,7 @@ def candidate_cluster(
     min_similarity: float,
 ) -> np.ndarray:  # fmt: skip
     """Person labels from one candidate library (see the module's docstring)."""
-    from tasks.cluster import NEIGHBOURS, _prune, l2_normalise
+    from tasks.clustering import NEIGHBOURS, _prune, l2_normalise
 
     unit = np.ascontiguousarray(l2_normalise(vectors.astype(np.float32)), dtype=np.float32)
     if method == "fast-hdbscan":
@@ -221,7 +221,7 @@ def _rss_kb(field: str) -> int:
 
 def child(method: str, vectors_path: Path, labels_path: Path) -> None:
     """Cluster one saved set with one method; print seconds and RSS as JSON."""
-    from tasks.cluster import cluster_embeddings
+    from tasks.clustering import cluster_embeddings
 
     vectors = np.load(vectors_path)
     before = _rss_kb("VmRSS")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-import tasks.cluster as cluster
-from tasks.cluster import CellIndex, cluster_embeddings
+import tasks.clustering as cluster
+from tasks.clustering import CellIndex, cluster_embeddings
 from tests.faces_synth import Library, RealFaces, make_library, real_faces
 
 # insightface's norm_crop calls a scikit-image API that warns it will go in scikit-image 2.2.
