@@ -364,7 +364,12 @@ def _timed(
     snap: SessionSnapshot, timeline: Timeline, statuses: Mapping[str, PhaseStatus]
 ) -> _Timed | None:
     """Progress by the clock along the calibrated timeline, never past the work counted
-    (finished or in flight); None while the photo count is not known yet."""
+    (finished or in flight); None while the photo count is not known yet.
+
+    What has happened is taken as measured, not as calibrated: a finished phase counts its
+    real duration, and a phase at work its real start-up or overhead; only what is still
+    to come follows the calibrated costs.
+    """
     expected: dict[str, float] = {}
     fractions: dict[str, float] = {}
     left: dict[str, float] = {}
@@ -375,14 +380,19 @@ def _timed(
         units = _units(key, snap)
         if units is None:
             return None
+        counts, start = snap.phase(key).counts, _segment_start(key, snap)
         overhead = (
             timeline.startup(snap.launch)[0] if key == FIRST
             else timeline.overhead_s.get(key, 0.0)
         )  # fmt: skip
+        if start is not None and counts is not None and counts.work_started > 0:
+            overhead = max(0.0, counts.work_started - start.timestamp())  # measured by now
         work = timeline.per_unit_s.get(key, 0.0) * units
         total = max(overhead + work, 1e-6)
+        run = snap.phase(key).run
+        if statuses[key] in _DONE and start is not None and run and run.end_time:
+            total = max((run.end_time - start).total_seconds(), 1e-6)  # as it was
         expected[key] = total
-        counts, start = snap.phase(key).counts, _segment_start(key, snap)
         if statuses[key] in _DONE:
             fractions[key], left[key] = 1.0, 0.0
         elif start is None:

@@ -456,13 +456,14 @@ def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
 
 
 def test_work_by_the_clock_never_passes_the_photos_in_flight() -> None:
-    """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20."""
+    """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20.
+    Its start-up took 4 s, not the calibrated 2: that is now a fact, and counts as one."""
     counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(10).timestamp())
     embed = PhaseSnapshot(run=running(12), counts=counts, artifact_updated=ago(1))
     result = calc(starting("warm", 14.0, parent="RUNNING", training=embed), TIMED)
-    training = (2.0 + 6.0 * 4 / 20) / 8.0
+    training = (4.0 + 6.0 * 4 / 20) / 10.0
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
-    assert result.overall_progress.percentage == pytest.approx(100 * 8.0 * training / 12.5,
+    assert result.overall_progress.percentage == pytest.approx(100 * 10.0 * training / 14.5,
                                                                abs=0.01)
 
 
@@ -473,7 +474,7 @@ def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
                     per_minute=9.0, pace=12.0, last_done=ago(3).timestamp())
     embed = PhaseSnapshot(run=running(22), counts=counts, artifact_updated=ago(3))
     result = calc(starting("warm", 24.0, parent="RUNNING", training=embed), TIMED)
-    training = (2.0 + 6.0 * 2.6 / 20) / 8.0
+    training = (4.0 + 6.0 * 2.6 / 20) / 10.0  # its start-up took 4 s
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
     # time left: 17.4 photos at the measured 12 a minute, then faces and clustering
     assert result.overall_progress.eta_seconds == pytest.approx(17.4 * 5.0 + 3.0 + 1.5, abs=1)
@@ -490,8 +491,20 @@ def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
                     pace=12.0, last_done=ago(50).timestamp())
     embed = PhaseSnapshot(run=running(62), counts=counts, artifact_updated=ago(50))
     result = calc(starting("warm", 64.0, parent="RUNNING", training=embed), TIMED)
-    training = (2.0 + 6.0 * 4 / 20) / 8.0
+    training = (4.0 + 6.0 * 4 / 20) / 10.0
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
+
+
+def test_a_finished_phase_counts_as_long_as_it_took() -> None:
+    """Embed took 5 s in all, not the calibrated 8: the rest of the session is the rest."""
+    done = Counts(100, 100, fresh=20, todo=20, done=True, work_started=ago(9).timestamp())
+    embed = PhaseSnapshot(run=RunState("COMPLETED", ago(9.5), ago(5), ago(5)), counts=done,
+                          artifact_updated=ago(5))  # fmt: skip
+    result = calc(starting("warm", 10.0, parent="RUNNING", training=embed), TIMED)
+    # 5 s done; faces: 5 s into its expected 1 + 2 s, so waiting at its overhead's end
+    # (no batch yet); clustering 1.5 s to come
+    assert result.phases.training.progress.percentage == 100
+    assert result.weights.training == pytest.approx(5.0 / (5.0 + 3.0 + 1.5), abs=1e-4)
 
 
 def test_a_phase_with_nothing_new_counts_only_its_overhead() -> None:
