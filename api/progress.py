@@ -37,6 +37,9 @@ PHASES = CONTRACT_KEYS
 FIRST = PHASES[0]
 PHASE_NAMES: dict[str, PhaseName] = {p.contract: p.name for p in BY_CONTRACT.values()}
 PHASE_LABELS = {p.contract: p.label for p in BY_CONTRACT.values()}
+PACE_AFTER_ITEMS = 31
+"""Items a phase has done before its measured pace is trusted over the calibrated one:
+its ramped first batches (1 + 2 + 4 + 8 + 16)."""
 SLOW_FACTOR = 1.5
 SLOW_MIN_EXTRA_S = 30.0
 """A phase projected to take SLOW_FACTOR times its calibrated duration, and at least
@@ -402,10 +405,8 @@ def _timed(
             position = _position(counts, work, snap.now.timestamp())
             share = position / todo
             fractions[key] = (overhead + work * share) / total
-            left[key] = (
-                (todo - position) * 60.0 / counts.pace if counts.pace > 0
-                else work * (1.0 - share)
-            )  # fmt: skip
+            pace = _steady_pace(counts)
+            left[key] = (todo - position) * 60.0 / pace if pace > 0 else work * (1.0 - share)
         else:
             elapsed = max(0.0, (snap.now - start).total_seconds())
             fractions[key] = min(elapsed, overhead) / total
@@ -415,18 +416,31 @@ def _timed(
     return _Timed(fractions, shares, sum(left.values()))
 
 
+def _steady_pace(counts: Counts) -> float:
+    """The phase's measured pace (items a minute) once it says something, else 0.
+
+    The first batches are ramped (1, 2, 4, 8, 16 items, `tasks.phase.ramped_chunks`) and
+    each pays a batch's fixed costs, so their pace is too slow; the calibrated one is
+    better until a full batch has been done after them.
+    """
+    return counts.pace if counts.pace > 0 and counts.fresh >= PACE_AFTER_ITEMS else 0.0
+
+
 def _position(counts: Counts, work_s: float, now: float) -> float:
     """How many of a running phase's items are done by now, in fractions of an item.
 
     Items are counted a batch at a time. Between two batches the work goes on at the
     phase's own steady pace since the last finished; before that pace is known, at the
-    calibrated pace since work began. Never past the items finished or in flight.
+    calibrated pace since the last finished (or since work began). Never past the items
+    finished or in flight.
     """
     todo = max(1, counts.todo)
-    if counts.pace > 0 and counts.last_done > 0:
-        guess = counts.fresh + counts.pace / 60.0 * max(0.0, now - counts.last_done)
+    pace = _steady_pace(counts)
+    since = counts.last_done if counts.last_done > 0 else counts.work_started
+    if pace > 0 and counts.last_done > 0:
+        guess = counts.fresh + pace / 60.0 * max(0.0, now - counts.last_done)
     elif work_s > 0:
-        guess = todo * max(0.0, now - counts.work_started) / work_s
+        guess = counts.fresh + todo * max(0.0, now - since) / work_s
     else:
         guess = float(todo)
     ceiling = min(todo, counts.fresh + counts.active)

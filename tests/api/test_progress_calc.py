@@ -468,21 +468,37 @@ def test_work_by_the_clock_never_passes_the_photos_in_flight() -> None:
 
 
 def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
-    """2 of 20 done at a measured 12 a minute, the last 3 s ago, 4 more in flight: 2.6 done
-    by now, so the bar and the time left move between batches instead of in steps."""
-    counts = Counts(82, 100, fresh=2, active=4, todo=20, work_started=ago(20).timestamp(),
+    """40 of 60 done at a measured 12 a minute, the last 3 s ago, 8 more in flight: 40.6
+    done by now, so the bar and the time left move between batches instead of in steps."""
+    counts = Counts(82, 100, fresh=40, active=8, todo=60, work_started=ago(20).timestamp(),
                     per_minute=9.0, pace=12.0, last_done=ago(3).timestamp())
     embed = PhaseSnapshot(run=running(22), counts=counts, artifact_updated=ago(3))
     result = calc(starting("warm", 24.0, parent="RUNNING", training=embed), TIMED)
-    training = (4.0 + 6.0 * 2.6 / 20) / 10.0  # its start-up took 4 s
+    training = (4.0 + 18.0 * 40.6 / 60) / 22.0  # start-up took 4 s; 0.3 s a photo to come
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
-    # time left: 17.4 photos at the measured 12 a minute, then faces and clustering
-    assert result.overall_progress.eta_seconds == pytest.approx(17.4 * 5.0 + 3.0 + 1.5, abs=1)
+    # time left: 19.4 photos at the measured 12 a minute, then faces (1 + 0.1 * 60) and
+    # clustering (0.5 + 0.01 * 100)
+    assert result.overall_progress.eta_seconds == pytest.approx(19.4 * 5.0 + 7.0 + 1.5, abs=1)
     later = calc(replace(starting("warm", 26.0, parent="RUNNING", training=embed),
                          now=NOW + timedelta(seconds=2)), TIMED)  # fmt: skip
     assert later.overall_progress.percentage > result.overall_progress.percentage
     assert later.overall_progress.eta_seconds == pytest.approx(
         (result.overall_progress.eta_seconds or 0) - 2, abs=1
+    )
+
+
+def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None:
+    """2 done (batches of 1 and 1) at a measured 4 a minute, slowed by two batches' fixed
+    costs: the calibrated 0.3 s a photo says where the work is, and the time left."""
+    counts = Counts(82, 100, fresh=2, active=12, todo=20, work_started=ago(8).timestamp(),
+                    pace=4.0, last_done=ago(1.5).timestamp())
+    embed = PhaseSnapshot(run=running(10), counts=counts, artifact_updated=ago(1.5))
+    result = calc(starting("warm", 10.0, parent="RUNNING", training=embed), TIMED)
+    position = 2 + 1.5 / 0.3  # 7 of 20
+    training = (2.0 + 6.0 * position / 20) / 8.0
+    assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
+    assert result.overall_progress.eta_seconds == pytest.approx(
+        (20 - position) * 0.3 + 3.0 + 1.5, abs=1
     )
 
 
