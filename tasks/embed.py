@@ -20,7 +20,7 @@ from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.decode import capture_time, read_capture_time
 from tasks.discover import ImageRef
-from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInput, FaceInputs, fingerprint
+from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInputs, find_faces, fingerprint
 from tasks.images import ImagePhase
 from tasks.models.registry import clip_embedder, face_analyzer
 from tasks.phase import BatchOutcome, Rejection
@@ -92,6 +92,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
 
     def discover(self) -> tuple[Sequence[ImageRef], Sequence[Rejection]]:
         items, rejected = super().discover()
+        self.date_undated(items)
         if self.finder is not None:
             done = self.catalog.done_rows("faces", self.finder.model_id)
             self.faces_todo = {ref.sha256 for ref in items if ref.sha256 not in done}
@@ -108,13 +109,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             decoded = self.decode_one(ref)
             if self._for_faces(ref):
                 assert self.finder is not None and self.face_inputs is not None
-                if isinstance(decoded, Exception):
-                    entry = FaceInput(reason=decoded.reason)
-                else:
-                    bgr = decoded.bgr()
-                    scale = decoded.width / max(1, bgr.shape[1])
-                    entry = FaceInput(scale, self.finder.find(bgr))
-                self.face_inputs.put(ref.sha256, entry)
+                self.face_inputs.put(ref.sha256, find_faces(decoded, self.finder))
             if isinstance(decoded, Exception):
                 skipped.append((ref, decoded.reason))
                 continue
@@ -147,15 +142,8 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
     def forget(self, keys: Sequence[str]) -> None:
         self.store().delete(keys)
 
-    def moved(self, refs: Sequence[ImageRef]) -> None:
-        self.store().set_paths({ref.sha256: display_path(ref.path) for ref in refs})
-
-    def relocated(
-        self, items: Sequence[ImageRef], done: Mapping[str, Mapping[str, Any]]
-    ) -> list[dict[str, Any]]:
-        rows = super().relocated(items, done)
-        self.date_undated(items)
-        return rows
+    def repath(self, paths: Mapping[str, str]) -> None:
+        self.store().set_paths(dict(paths))
 
     def date_undated(self, items: Sequence[ImageRef]) -> int:
         """Give points stored before capture times were kept (e.g. a migrated store) their
@@ -175,10 +163,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
 
     def write(self, result: Embedded) -> BatchOutcome:
         prepared = result
-        rows: list[dict[str, Any]] = [
-            self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
-            for ref, reason in prepared.skipped
-        ]
+        rows = self.skipped_rows(prepared.skipped)
         if prepared.refs:
             indexed_at = now_utc().isoformat()
             payloads = [
@@ -196,7 +181,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             ]
             self.store().upsert(result.vectors, payloads)
             rows += [
-                self.status(ref.sha256, ref.path, "indexed", sha256=ref.sha256, width=w, height=h)
+                self.row(ref, "indexed", width=w, height=h)
                 for ref, (w, h) in zip(prepared.refs, prepared.sizes, strict=True)
             ]
         return BatchOutcome(rows)

@@ -26,6 +26,7 @@ import numpy as np
 from photoindex.settings import Settings
 
 if TYPE_CHECKING:
+    from tasks.decode import Decoded, SkipImage
     from tasks.models.faces import FaceAnalyzer, FoundFace
 
 #: The long side the faces phase needs, in pixels: big enough for small faces in group
@@ -45,6 +46,14 @@ class FaceInput:
     scale: float = 1.0  # original pixels per decoded pixel
     faces: list[FoundFace] = field(default_factory=list)
     reason: str | None = None
+
+
+def find_faces(decoded: Decoded | SkipImage, analyzer: FaceAnalyzer) -> FaceInput:
+    """A photo decoded at the faces' scale, through the detector and aligner; or its reason."""
+    if isinstance(decoded, Exception):
+        return FaceInput(reason=decoded.reason)
+    bgr = decoded.bgr()
+    return FaceInput(decoded.width / max(1, bgr.shape[1]), analyzer.find(bgr))
 
 
 def inputs_root(settings: Settings) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from PIL import Image
 from photoindex.settings import Settings
 from tasks.catalog import display_path, now_utc
 from tasks.discover import ImageRef
-from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInput, FaceInputs, fingerprint
+from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInputs, find_faces, fingerprint
 from tasks.images import ImagePhase
 from tasks.models.faces import Face, FoundFace
 from tasks.models.registry import face_analyzer
@@ -73,21 +73,13 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         for ref in batch:
             entry = self.inputs.get(ref.sha256)
             if entry is None:
-                entry = self.find(ref)
+                entry = find_faces(self.decode_one(ref), self.analyzer)
                 loaded.decoded += 1
             if entry.reason is not None:
                 loaded.skipped.append((ref, entry.reason))
             else:
                 loaded.photos.append((ref, entry.scale, entry.faces))
         return loaded
-
-    def find(self, ref: ImageRef) -> FaceInput:
-        """Decode one photo at the faces' scale and find its faces (detector + aligner)."""
-        decoded = self.decode_one(ref)
-        if isinstance(decoded, Exception):
-            return FaceInput(reason=decoded.reason)
-        bgr = decoded.bgr()
-        return FaceInput(decoded.width / max(1, bgr.shape[1]), self.analyzer.find(bgr))
 
     def compute(self, batch: Loaded) -> Found:
         return Found(
@@ -97,10 +89,7 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         )
 
     def write(self, result: Found) -> BatchOutcome:
-        rows: list[dict[str, Any]] = [
-            self.status(ref.sha256, ref.path, "skipped", sha256=ref.sha256, reason=reason)
-            for ref, reason in result.skipped
-        ]
+        rows = self.skipped_rows(result.skipped)
         face_rows: list[dict[str, Any]] = []
         indexed_at = now_utc()
         for (ref, scale), faces in zip(result.photos, result.faces, strict=True):
@@ -122,9 +111,7 @@ class FacesPhase(ImagePhase[Loaded, Found]):
                         "indexed_at": indexed_at,
                     }
                 )
-            rows.append(
-                self.status(ref.sha256, ref.path, "indexed", sha256=ref.sha256, n_faces=len(faces))
-            )
+            rows.append(self.row(ref, "indexed", n_faces=len(faces)))
         # Face rows land before the status rows that mark their photos done.
         self.catalog.append("faces", face_rows, name="faces")
         # What the embed phase left for these photos is used up (a re-run decodes again).
@@ -132,9 +119,8 @@ class FacesPhase(ImagePhase[Loaded, Found]):
         self.inputs.drop([ref.sha256 for ref, _ in result.skipped])
         return BatchOutcome(rows)
 
-    def moved(self, refs: Sequence[ImageRef]) -> None:
+    def repath(self, paths: Mapping[str, str]) -> None:
         """Point the faces of moved photos at their new paths: same faces, newer rows."""
-        paths = {ref.sha256: display_path(ref.path) for ref in refs}
         rows = self.catalog.query(
             "SELECT * FROM faces WHERE model = ? AND list_contains(?, image_sha256)",
             (self.model_id, list(paths)),

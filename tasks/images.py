@@ -59,23 +59,28 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         present = self.catalog.present_shas()
         return sorted(k for k in done if not k.startswith("path:") and k not in present)
 
-    def relocated(
+    def moved(
         self, items: Sequence[ImageRef], done: Mapping[str, Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
-        moved = [
-            ref
+        paths = {
+            ref.sha256: display_path(ref.path)
             for ref in items
             if ref.sha256 in done and done[ref.sha256]["path"] != display_path(ref.path)
-        ]
-        if moved:
-            self.moved(moved)
-        return [
-            {**done[ref.sha256], "path": display_path(ref.path), "updated_at": now_utc()}
-            for ref in moved
-        ]
+        }
+        if paths:
+            self.repath(paths)
+        return [{**done[sha], "path": path, "updated_at": now_utc()} for sha, path in paths.items()]
 
-    def moved(self, refs: Sequence[ImageRef]) -> None:
-        """Point what this phase stored at the photos' new paths."""
+    def repath(self, paths: Mapping[str, str]) -> None:
+        """Point what this phase stored for these photos (by content hash) at their new paths."""
+
+    def row(self, ref: ImageRef, status: str, **extra: Any) -> dict[str, Any]:
+        """A status row for one photo."""
+        return self.status(ref.sha256, ref.path, status, sha256=ref.sha256, **extra)
+
+    def skipped_rows(self, skipped: Sequence[tuple[ImageRef, str]]) -> list[dict[str, Any]]:
+        """The status rows of photos that could not be used, with their reasons."""
+        return [self.row(ref, "skipped", reason=reason) for ref, reason in skipped]
 
     def decode(self, batch: Sequence[ImageRef]) -> list[tuple[ImageRef, Decoded | SkipImage]]:
         """Decode each photo once at this phase's size; a bad one becomes its reason."""

@@ -145,7 +145,7 @@ class Phase(ABC, Generic[Item, Read, Computed]):
     def forget(self, keys: Sequence[str]) -> None:
         """Drop what this phase stored for these keys."""
 
-    def relocated(
+    def moved(
         self, items: Sequence[Item], done: Mapping[str, Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         """Status rows for done items found under a new path (moved, not changed)."""
@@ -263,7 +263,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         )
         log.info("%s: %d items no longer in any library folder, removed", phase.name, len(removed))
     todo = [item for item in items if phase.key(item) not in done]
-    moved = phase.relocated(items, done)
+    moved = phase.moved(items, done)
     if moved:
         phase.catalog.append("status", moved, name=phase.name)
     new_rejects = [r for r in rejected if r.key not in done]

@@ -11,7 +11,7 @@ import pytest
 from photoindex.settings import Settings, get_settings
 from tasks.discover import ImageRef
 from tasks.embed import EmbedPhase
-from tasks.face_inputs import FaceInput, FaceInputs, clear_inputs, inputs_root
+from tasks.face_inputs import FaceInput, FaceInputs, clear_inputs, find_faces, inputs_root
 from tasks.faces import FacesPhase
 from tests.photos import CORRUPT, real_photos
 from tests.resilience.helpers import seed_face_models
@@ -70,7 +70,7 @@ def test_the_faces_phase_works_from_the_embed_phases_decode(
 
     faces = FacesPhase(folder, settings)
     # What the faces phase finds when it decodes each photo itself.
-    expected = {ref.sha256: faces.find(ref) for ref in items}
+    expected = {ref.sha256: find_faces(faces.decode_one(ref), faces.analyzer) for ref in items}
     assert len(expected[_by_name(items, "group.jpg").sha256].faces) >= 4
     assert len(expected[_by_name(items, "astronaut.jpg").sha256].faces) == 1
     assert expected[_by_name(items, "coffee.jpg").sha256].faces == []
@@ -136,7 +136,7 @@ def test_a_damaged_entry_counts_as_missing(tmp_path: Path, settings: Settings) -
     faces = FacesPhase(folder, settings)
     ref = _by_name(_discover(faces), "astronaut.jpg")
     store = FaceInputs(faces.settings, "test-damaged")
-    store.put(ref.sha256, faces.find(ref))
+    store.put(ref.sha256, find_faces(faces.decode_one(ref), faces.analyzer))
     assert store.get(ref.sha256) is not None
     store.path(ref.sha256).write_bytes(b"PK\x03\x04 half a zip")
     assert store.get(ref.sha256) is None

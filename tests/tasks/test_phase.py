@@ -106,7 +106,7 @@ class FakePhase(Phase[Item, list[Item], list[tuple[Item, str | None]]]):
     def forget(self, keys: Sequence[str]) -> None:
         self.library.forgotten += keys
 
-    def relocated(
+    def moved(
         self, items: Sequence[Item], done: Mapping[str, Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         return [
