@@ -11,12 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.controls import SessionConflict
 from api.folders import FolderForbidden, FolderNotFound
 from api.prefect_reader import (
     DEFAULT_CACHE_TTL_S,
     PrefectReader,
     PrefectUnavailable,
-    SessionConflict,
     SessionNotFound,
 )
 from api.routes import health, login, pages, persons, photos, progress, search, sessions

@@ -1,4 +1,4 @@
-"""The one module that talks to the Prefect API: sessions, phases, artifacts and controls.
+"""The one module that reads the Prefect API: sessions, phases and artifacts.
 
 A session is one `index-photos` flow run; its phases are its child runs. This module
 reads them into a `SessionSnapshot`, picks the session's fixed weights from sessions
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import anyio
@@ -38,11 +38,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     Operator,
 )
-from prefect.client.schemas.objects import Artifact, FlowRun, State, StateType
+from prefect.client.schemas.objects import Artifact, FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_AUTH_STRING
-from prefect.states import Cancelled, Cancelling
 
 from api.progress import (
     FINAL_STATES,
@@ -56,7 +55,6 @@ from api.progress import (
 from api.runs import EPOCH, Phases, counts_of, latest_artifacts, run_state, utc
 from api.schemas import (
     FaceSessionResponse,
-    SessionAction,
     SessionSummary,
     TrainingProgressResponse,
     UnifiedProgressResponse,
@@ -91,10 +89,6 @@ class PrefectUnavailable(Exception):
 
 class SessionNotFound(Exception):
     """No `index-photos` flow run has this id."""
-
-
-class SessionConflict(Exception):
-    """The request does not fit the session's state (e.g. cancelling a finished session)."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +235,8 @@ class PrefectReader:
                 f"The Prefect API at {self.api_url} failed: HTTP {err.response.status_code}."
             ) from err
 
-    async def _call(self, make: Callable[[PrefectClient], Awaitable[T]]) -> T:
+    async def call(self, make: Callable[[PrefectClient], Awaitable[T]]) -> T:
+        """One Prefect query, counted, with the client's errors translated."""
         client = await self._get_client()
         self.prefect_queries += 1
         async with self._guard():
@@ -249,7 +244,7 @@ class PrefectReader:
 
     async def healthcheck(self) -> None:
         """Raise `PrefectUnavailable` unless the Prefect API answers."""
-        error = await self._call(lambda c: c.api_healthcheck())
+        error = await self.call(lambda c: c.api_healthcheck())
         if error is not None:
             raise PrefectUnavailable(f"The Prefect API at {self.api_url} is unreachable: {error}.")
 
@@ -258,13 +253,13 @@ class PrefectReader:
     async def _flow_name(self, flow_id: UUID) -> str:
         name = self._flow_names.get(flow_id)
         if name is None:
-            flow = await self._call(lambda c: c.read_flow(flow_id))
+            flow = await self.call(lambda c: c.read_flow(flow_id))
             name = self._flow_names[flow_id] = flow.name
         return name
 
     async def _read_parent(self, session_id: UUID) -> FlowRun:
         try:
-            parent = await self._call(lambda c: c.read_flow_run(session_id))
+            parent = await self.call(lambda c: c.read_flow_run(session_id))
         except ObjectNotFound as err:
             raise SessionNotFound(f"Session not found: {session_id}") from err
         if await self._flow_name(parent.flow_id) != SESSION_FLOW:
@@ -273,7 +268,7 @@ class PrefectReader:
 
     async def _read_children(self, session_id: UUID) -> list[FlowRun]:
         flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id]))
-        return await self._call(lambda c: c.read_flow_runs(flow_run_filter=flt))
+        return await self.call(lambda c: c.read_flow_runs(flow_run_filter=flt))
 
     async def _read_artifacts(self, session_id: UUID) -> list[Artifact]:
         """The progress artifacts of the session's phase runs and of the session itself."""
@@ -289,7 +284,7 @@ class PrefectReader:
             key=ArtifactFilterKey(any_=[*(p.artifact for p in BY_CONTRACT.values()),
                                         SESSION_ARTIFACT]),
         )  # fmt: skip
-        return await self._call(
+        return await self.call(
             lambda c: c.read_artifacts(
                 artifact_filter=artifacts, flow_run_filter=runs, sort=ArtifactSort.UPDATED_DESC
             )
@@ -429,7 +424,7 @@ class PrefectReader:
         page = min(self.calibration_sessions + len(sessions), PREFECT_PAGE)
 
         async def read(offset: int) -> list[FlowRun]:
-            return await self._call(
+            return await self.call(
                 lambda c: c.read_flow_runs(
                     flow_filter=names,
                     flow_run_filter=flt,
@@ -518,7 +513,7 @@ class PrefectReader:
                 {"before_": datetime.now(UTC)}
             )
         )
-        runs = await self._call(
+        runs = await self.call(
             lambda c: c.read_flow_runs(
                 flow_filter=names,
                 flow_run_filter=flt,
@@ -548,83 +543,6 @@ class PrefectReader:
                 )
             )
         return out
-
-    # --- controls --------------------------------------------------------------------
-
-    async def _set_tags(self, run: FlowRun, add: set[str], remove: set[str]) -> None:
-        tags = [t for t in run.tags if t not in remove] + sorted(add - set(run.tags))
-        await self._call(lambda c: c.update_flow_run(run.id, tags=tags))
-
-    async def _resume_run(self, run_id: UUID) -> None:
-        await self._call(lambda c: c.resume_flow_run(run_id))
-
-    async def _set_state(self, run_id: UUID, state: State[Any], force: bool) -> None:
-        await self._call(lambda c: c.set_flow_run_state(run_id, state, force=force))
-
-    async def _after(
-        self, session_id: UUID, action: Literal["cancel", "pause", "resume"], message: str
-    ) -> SessionAction:
-        self.invalidate(session_id)
-        progress = await self.unified(session_id)
-        return SessionAction(
-            session_id=session_id,
-            action=action,
-            overall_status=progress.overall_status,
-            message=message,
-        )
-
-    async def _live(self, session_id: UUID, verb: str) -> tuple[_Raw, UnifiedProgressResponse]:
-        self.invalidate(session_id)
-        snap, weights, raw = await self.snapshot(session_id)
-        progress = compute_progress(snap, weights)
-        if raw.parent.state_type is not None and raw.parent.state_type.value in FINAL_STATES:
-            raise SessionConflict(
-                f"Cannot {verb} session {session_id}: it has already ended "
-                f"({progress.overall_status})."
-            )
-        return raw, progress
-
-    async def pause(self, session_id: UUID) -> SessionAction:
-        """Ask the session to pause at its next checkpoint."""
-        raw, _ = await self._live(session_id, "pause")
-        if CANCEL_TAG in raw.parent.tags:
-            raise SessionConflict(f"Cannot pause session {session_id}: it is being cancelled.")
-        await self._set_tags(raw.parent, add={PAUSE_TAG}, remove=set())
-        return await self._after(
-            session_id, "pause", "Pause requested: the session pauses at its next checkpoint."
-        )
-
-    async def resume(self, session_id: UUID) -> SessionAction:
-        """Withdraw a pause request and resume any paused run of the session."""
-        raw, _ = await self._live(session_id, "resume")
-        await self._set_tags(raw.parent, add=set(), remove={PAUSE_TAG})
-        for run in (raw.parent, *raw.children.values()):
-            if run.state_type == StateType.PAUSED:
-                await self._resume_run(run.id)
-        return await self._after(session_id, "resume", "Session resumed.")
-
-    async def cancel(self, session_id: UUID) -> SessionAction:
-        """Cancel the session: its runs stop at their next checkpoint and end Cancelled."""
-        raw, progress = await self._live(session_id, "cancel")
-        await self._set_tags(raw.parent, add={CANCEL_TAG}, remove={PAUSE_TAG})
-        # Nobody is left to finish the cancellation of a silent or not yet started session.
-        force = progress.overall_status in {"stalled", "pending", "failed"}
-        runs = [raw.parent, *(r for r in raw.children.values() if r.state_type is not None)]
-        for run in runs:
-            if run.state_type is None or run.state_type.value in FINAL_STATES:
-                continue
-            message = "Cancelled at the user's request"
-            state: State[Any] = (
-                Cancelled(message=message) if force else Cancelling(message=message)
-            )
-            await self._set_state(run.id, state, force)
-        return await self._after(
-            session_id,
-            "cancel",
-            "Session cancelled." if force else "Cancel requested: the session stops at its "
-            "next checkpoint.",
-        )
-
 
 def _folder(run: FlowRun) -> str | None:
     """The folder a session indexes, from its parameters."""

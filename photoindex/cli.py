@@ -194,11 +194,12 @@ def index(
         if proc is not None:
             proc.terminate()
         else:
+            from api import controls
             from api.prefect_reader import default_reader
 
             async def cancel() -> None:
                 async with default_reader().connected() as reader:
-                    await reader.cancel(session_id)
+                    await controls.cancel(reader, session_id)
 
             asyncio.run(cancel())
         raise fail(

@@ -77,6 +77,8 @@ SLOW = (
     "flows/",
     "photoindex/test_warm_indexer.py",
     "api/test_progress_e2e.py",
+    "api/test_controls.py",
+    "api/test_reader.py",
     "api/test_schemathesis.py",
     "tasks/test_cluster_scale.py",
     "tasks/test_phase.py",

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, status
 
+from api import controls
 from api.deps import AppSettings, Launcher, Reader
 from api.folders import library_folder
 from api.schemas import ErrorResponse, SessionAction, SessionCreate, SessionCreated, SessionList
@@ -59,16 +60,16 @@ async def create_session(
 @router.post("/{sessionId}/cancel", summary="Cancel a session", responses=_CONTROL_ERRORS)
 async def cancel_session(session_id: SessionId, reader: Reader) -> SessionAction:
     """Cancel a session; it stops at its next checkpoint."""
-    return await reader.cancel(session_id)
+    return await controls.cancel(reader, session_id)
 
 
 @router.post("/{sessionId}/pause", summary="Pause a session", responses=_CONTROL_ERRORS)
 async def pause_session(session_id: SessionId, reader: Reader) -> SessionAction:
     """Pause a session at its next checkpoint, in Prefect's Paused state."""
-    return await reader.pause(session_id)
+    return await controls.pause(reader, session_id)
 
 
 @router.post("/{sessionId}/resume", summary="Resume a paused session", responses=_CONTROL_ERRORS)
 async def resume_session(session_id: SessionId, reader: Reader) -> SessionAction:
     """Resume a paused session where it stopped."""
-    return await reader.resume(session_id)
+    return await controls.resume(reader, session_id)

@@ -209,6 +209,7 @@ def test_second_session_is_calibrated_with_start_up(warm: Warm) -> None:
 def test_a_session_cancelled_before_it_starts_never_runs(
     warm: Warm, folders: tuple[Path, Path]
 ) -> None:
+    from api import controls
     from api.prefect_reader import PrefectReader
     from photoindex.indexer import IndexerClient, socket_path
     from photoindex.launch import create_session
@@ -219,7 +220,7 @@ def test_a_session_cancelled_before_it_starts_never_runs(
     async def cancel() -> str:
         reader = PrefectReader(warm.settings, cache_ttl_s=0)
         async with reader.connected():
-            await reader.cancel(session_id)
+            await controls.cancel(reader, session_id)
             return (await reader.unified(session_id)).overall_status
 
     assert asyncio.run(cancel()) == "cancelled"
