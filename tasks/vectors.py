@@ -83,6 +83,20 @@ class Hit:
     payload: dict[str, Any]
 
 
+#: Points read back by id: payload and vector.
+Stored = dict[str, tuple[dict[str, Any], np.ndarray]]
+#: A backend's search results: point id, score, payload.
+Scored = list[tuple[str, float, dict[str, Any]]]
+
+
+def stored(points: Iterable[tuple[Any, Any, Any]]) -> Stored:
+    """A backend's (id, payload, vector) records as `Stored`."""
+    return {
+        str(pid): (dict(payload or {}), np.asarray(vector, dtype=np.float32))
+        for pid, payload, vector in points
+    }
+
+
 class Backend(Protocol):
     """What a vector-store engine offers the store; ids are point ids (UUID strings)."""
 
@@ -98,17 +112,10 @@ class Backend(Protocol):
     def set_payloads(self, name: str, payloads: Mapping[str, dict[str, Any]]) -> None: ...
     def scroll(self, name: str, missing: str | None = None) -> dict[str, dict[str, Any]]: ...
     def count(self, name: str) -> int: ...
-    def retrieve(
-        self, name: str, ids: Sequence[str]
-    ) -> dict[str, tuple[dict[str, Any], np.ndarray]]: ...
+    def retrieve(self, name: str, ids: Sequence[str]) -> Stored: ...
     def query(
-        self,
-        name: str,
-        vector: np.ndarray,
-        k: int,
-        where: SearchFilter,
-        min_score: float | None,
-    ) -> list[tuple[str, float, dict[str, Any]]]: ...
+        self, name: str, vector: np.ndarray, k: int, where: SearchFilter, min_score: float | None
+    ) -> Scored: ...
     def unindexed(self, name: str) -> int: ...
     def optimize(self, name: str) -> bool: ...
     def close(self) -> None: ...
@@ -299,7 +306,7 @@ class VectorStore:
         k: int,
         where: SearchFilter | None = None,
         min_score: float | None = None,
-    ) -> list[tuple[str, float, dict[str, Any]]]:
+    ) -> Scored:
         """The k nearest images that pass `where`, scoring at least `min_score`:
         (path, cosine score, payload), best first."""
         if not self._exists():

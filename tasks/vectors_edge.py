@@ -49,9 +49,12 @@ from tasks.vectors import (
     RETRY_S,
     TAKEN_AT,
     ReopenableBackend,
+    Scored,
     SearchFilter,
+    Stored,
     VectorStoreBusy,
     point_id,
+    stored,
     wall_clock,
 )
 
@@ -224,23 +227,13 @@ class EdgeBackend(ReopenableBackend):
     def count(self, name: str) -> int:
         return self._shard(name).count(CountRequest(exact=True))
 
-    def retrieve(
-        self, name: str, ids: Sequence[str]
-    ) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    def retrieve(self, name: str, ids: Sequence[str]) -> Stored:
         records = self._shard(name).retrieve(list(ids), with_payload=True, with_vector=True)
-        return {
-            str(r.id): (dict(r.payload or {}), np.asarray(r.vector, dtype=np.float32))
-            for r in records
-        }
+        return stored((r.id, r.payload, r.vector) for r in records)
 
     def query(
-        self,
-        name: str,
-        vector: np.ndarray,
-        k: int,
-        where: SearchFilter,
-        min_score: float | None,
-    ) -> list[tuple[str, float, dict[str, Any]]]:
+        self, name: str, vector: np.ndarray, k: int, where: SearchFilter, min_score: float | None
+    ) -> Scored:
         hits = self._shard(name).query(
             QueryRequest(
                 limit=k,

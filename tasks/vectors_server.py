@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from tasks.vectors import HNSW_EF, TAKEN_AT, SearchFilter, point_id
+from tasks.vectors import HNSW_EF, TAKEN_AT, Scored, SearchFilter, Stored, point_id, stored
 
 _SCROLL = 1000
 
@@ -94,23 +94,13 @@ class ServerBackend:
     def count(self, name: str) -> int:
         return self.client.count(name, exact=True).count
 
-    def retrieve(
-        self, name: str, ids: Sequence[str]
-    ) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    def retrieve(self, name: str, ids: Sequence[str]) -> Stored:
         points = self.client.retrieve(name, ids=list(ids), with_payload=True, with_vectors=True)
-        return {
-            str(p.id): (dict(p.payload or {}), np.asarray(p.vector, dtype=np.float32))
-            for p in points
-        }
+        return stored((p.id, p.payload, p.vector) for p in points)
 
     def query(
-        self,
-        name: str,
-        vector: np.ndarray,
-        k: int,
-        where: SearchFilter,
-        min_score: float | None,
-    ) -> list[tuple[str, float, dict[str, Any]]]:
+        self, name: str, vector: np.ndarray, k: int, where: SearchFilter, min_score: float | None
+    ) -> Scored:
         hits = self.client.query_points(
             name,
             query=vector.tolist(),
