@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from uuid import UUID
 
 import httpx
+
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,13 +58,6 @@ class Result:
             f"p99={self.quantile(0.99):6.1f} ms  max={max(self.latencies_ms):6.1f} ms  "
             f"mean={statistics.fmean(self.latencies_ms):6.1f} ms"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_api(prefect_url: str, cache_ttl_s: float) -> tuple[subprocess.Popen[bytes], str]:

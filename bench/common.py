@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "photoindex-bench"
@@ -92,12 +93,6 @@ def seed_face_models(cache: Path, data_dir: Path) -> None:
         if not (models / path.name).exists():
             shutil.copy2(path, models / path.name)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_prefect(server_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:

@@ -4,7 +4,6 @@ browser would: without its auth string, from a foreign origin, without a CSRF to
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -24,17 +23,12 @@ from photoindex.prefect_server import (
     stop_server,
 )
 from photoindex.settings import Settings
+from tests.loopback import free_port
 
 EVIL = "http://evil.example"
 # What the attacking page sent in the review: a JSON body a preflight allows.
 FLOW = {"name": "pwned"}
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -47,7 +41,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The server `ensure_prefect_api` starts, on a free port with a data folder of its own."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), prefect_port=_free_port())
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), prefect_port=free_port())
     saved = dict(os.environ)
     proc: subprocess.Popen[bytes] | None = None
     try:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
-from tests.loopback import LOOPBACK
+from tests.loopback import LOOPBACK, served_in_thread
 
 Progress = dict[str, Any]
 
@@ -61,10 +61,7 @@ def served_api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """The real API under uvicorn on 127.0.0.1, with its own data folder and the tiny model."""
-    import socket
-    import threading
 
-    import uvicorn
 
     config, weights = tiny_clip
     settings = Settings(
@@ -75,16 +72,5 @@ def served_api(
         clip_config=config,
     )
     app = create_app(settings, PrefectReader(settings, cache_ttl_s=0.2))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(app) as (port, _):
+        yield f"http://127.0.0.1:{port}"

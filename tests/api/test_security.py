@@ -4,7 +4,6 @@ beyond loopback, idle half-open connections and an oversized body."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from api.server import server_config
 from photoindex.cli import app as cli
 from photoindex.settings import Settings, get_settings
 from tests.environ import environ
-from tests.loopback import LOOPBACK
+from tests.loopback import LOOPBACK, served_in_thread
 
 UNREACHABLE = "http://127.0.0.1:9/api"
 EVIL = "http://evil.example"
@@ -217,20 +216,11 @@ def served(settings: Settings) -> Iterator[tuple[str, int, uvicorn.Server]]:
     limited = settings.model_copy(
         update={"api_max_connections": 8, "api_header_timeout_s": 1.0, "api_keep_alive_s": 1}
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
     app = create_app(limited, PrefectReader(limited, timeout_s=2))
-    server = uvicorn.Server(server_config(app, limited, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield "127.0.0.1", port, server
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(
+        app, lambda a, port: server_config(a, limited, "127.0.0.1", port)
+    ) as (port, server):
+        yield "127.0.0.1", port, server
 
 
 def _closed_by_server(sock: socket.socket, within_s: float) -> bool:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +15,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
+from tests.loopback import served_in_thread
 from tests.photos import INSIGHTFACE_IMAGES
 
 CHROMIUM = "/usr/bin/chromium"
@@ -168,25 +166,12 @@ def _index_photos(settings: Settings, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def live_api(browser: Browser, library_data: Path) -> Iterator[str]:
     """The real API under uvicorn on 127.0.0.1 (a free port), reading the Prefect harness."""
-    import uvicorn
     from prefect.settings import PREFECT_API_URL
 
     settings = Settings(prefect_api_url=str(PREFECT_API_URL.value()), data_dir=library_data)
     reader = PrefectReader(settings, cache_ttl_s=0.2, calibration_sessions=0)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(settings, reader)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(create_app(settings, reader)) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 def screenshot(page: Page, name: str) -> Path:

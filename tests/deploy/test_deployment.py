@@ -14,7 +14,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from photoindex.prefect_server import healthy, stop_server
 from photoindex.settings import Settings
 from tasks.catalog import Catalog
 from tasks.discover import hash_file
+from tests.loopback import free_port
 from tests.photos import PhotoManifest, make_photo_folder
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -61,12 +61,6 @@ class Stack:
             PREFECT_API_AUTH_STRING: self.env["PREFECT_API_AUTH_STRING"],
         }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _prefect(stack: Stack, *args: str) -> str:
@@ -96,7 +90,7 @@ def _readme_shell(env: dict[str, str]) -> dict[str, str]:
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Stack]:
     """The README's terminal 1 on a free port; a data folder and a small library of its own."""
     root = tmp_path_factory.mktemp("deploy")
-    settings = Settings(data_dir=root / "data", prefect_port=_free_port())
+    settings = Settings(data_dir=root / "data", prefect_port=free_port())
     library = make_photo_folder(root / "library", n_derived=0)
     # A fresh shell: no Prefect settings of this test session, the tiny CLIP model's
     # PHOTOINDEX_* settings, but this stack's own data folder, port and library.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.prefect_server import auth_string, ensure_prefect_api, healthy, stop_server
 from photoindex.settings import Settings
-from tests.loopback import LOOPBACK
+from tests.loopback import LOOPBACK, free_port
 from tests.resilience.conftest import Clean
 from tests.resilience.helpers import (
     assert_healthy,
@@ -47,12 +46,6 @@ def restored_environ() -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _start_server(settings: Settings) -> tuple[str, subprocess.Popen[bytes]]:
@@ -83,7 +76,7 @@ def _task_run_states(session_id: UUID) -> set[str]:
 def test_prefect_server_restart_mid_run(clean: Clean, tmp_path: Path) -> None:
     """Server killed in the embed phase: the API answers 503, then 200; the session finishes."""
     data = tmp_path / "data"
-    server_settings = Settings(data_dir=data, prefect_api_url=None, prefect_port=_free_port())
+    server_settings = Settings(data_dir=data, prefect_api_url=None, prefect_port=free_port())
     url, server = _start_server(server_settings)
     servers = [server]
     auth = auth_string(server_settings)  # the server wants it from every client

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,13 +32,7 @@ from tasks.housekeeping import (
 )
 from tasks.integrity import check_integrity
 from tests.environ import environ
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.loopback import free_port
 
 
 def test_compaction_merges_parts_and_readers_see_the_same_rows(tmp_path: Path) -> None:
@@ -125,7 +118,7 @@ def test_logs_are_rotated_and_old_session_logs_deleted(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[Any, str]]]:
     """A Prefect server of its own: pruning must not touch other tests' runs."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), prefect_port=_free_port())
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), prefect_port=free_port())
     saved = dict(os.environ)
     proc: subprocess.Popen[bytes] | None = None
     try:
