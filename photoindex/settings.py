@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         return 2 * self.dask_workers if self.task_runner == "dask" else max(2, self.threads)
 
     @property
+    def clip_architecture(self) -> str:
+        """The CLIP architecture: `clip_model` when set, else the stem of `clip_config`
+        (open_clip names a config file's architecture by its file name)."""
+        if self.clip_config is not None and "clip_model" not in self.model_fields_set:
+            return self.clip_config.stem
+        return self.clip_model
+
+    @property
     def qdrant_dir(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
 

@@ -67,12 +67,10 @@ class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
                 self.config = None
         if model_name is not None:
             name = model_name
-        elif self.config is not None and (
-            config is not None or "clip_model" not in settings.model_fields_set
-        ):
-            name = self.config.stem
+        elif config is not None:
+            name = config.stem
         else:
-            name = settings.clip_model
+            name = settings.clip_architecture
         self.model_name: str = name
         self.pretrained: str = str(
             pretrained if pretrained is not None else settings.clip_pretrained

@@ -38,18 +38,9 @@ def clip_embedder(settings: Settings) -> ClipEmbedder:
     """The CLIP model of these settings, loaded on first use."""
     from tasks.models.clip import ClipEmbedder
 
-    key = ("clip", settings.clip_model, settings.clip_pretrained, settings.clip_config,
+    key = ("clip", settings.clip_architecture, settings.clip_pretrained, settings.clip_config,
            settings.threads)  # fmt: skip
-    return _kept(
-        key,
-        lambda: ClipEmbedder(
-            model_name=settings.clip_model,
-            pretrained=settings.clip_pretrained,
-            config=settings.clip_config,
-            threads=settings.threads,
-            settings=settings,
-        ),
-    )
+    return _kept(key, lambda: ClipEmbedder(settings=settings))
 
 
 def face_analyzer(settings: Settings, threads: int | None = None) -> FaceAnalyzer:

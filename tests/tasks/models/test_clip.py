@@ -209,3 +209,22 @@ def test_real_clip_finds_the_cat_photo(photos: dict[str, Image.Image]) -> None:
     text_vector = model.embed_text(["a photo of a cat"])[0]
     ranking = [names[i] for i in np.argsort(-(image_vectors @ text_vector))]
     assert ranking[0] == "chelsea", ranking
+
+
+def test_a_config_alone_names_the_architecture(tiny: tuple[Path, Path]) -> None:
+    """PHOTOINDEX_CLIP_CONFIG without PHOTOINDEX_CLIP_MODEL: the config's architecture, not
+    the default ViT-B-32; both set and disagreeing: a one-line error naming the variable."""
+    from photoindex.settings import Settings
+    from tasks.models.clip import ClipModelError
+    from tasks.models.registry import clip_embedder
+
+    config, weights = tiny
+    alone = Settings(clip_config=config, clip_pretrained=str(weights))
+    model = clip_embedder(alone)
+    assert model.model_name == TINY_CLIP_NAME
+    model.load()
+    assert model.dim == 64
+
+    both = Settings(clip_config=config, clip_pretrained=str(weights), clip_model="ViT-B-32")
+    with pytest.raises(ClipModelError, match="PHOTOINDEX_CLIP_MODEL="):
+        clip_embedder(both).load()
