@@ -448,8 +448,6 @@ class PrefectReader:
 
     async def _calibrate(self, previous: Sequence[FlowRun], route: str) -> Calibration:
         """The calibration of a session started by `route`, from these finished sessions."""
-        if not previous:
-            return Calibration()
         per_parent = await asyncio.gather(*(self._phases_of_run(run) for run in previous))
         return calibrate(previous, per_parent, route)
 

@@ -37,9 +37,6 @@ PHASES = CONTRACT_KEYS
 FIRST = PHASES[0]
 PHASE_NAMES: dict[str, PhaseName] = {p.contract: p.name for p in BY_CONTRACT.values()}
 PHASE_LABELS = {p.contract: p.label for p in BY_CONTRACT.values()}
-PACE_AFTER_ITEMS = 31
-"""Items a phase has done before its measured pace is trusted over the calibrated one:
-its ramped first batches (1 + 2 + 4 + 8 + 16)."""
 SLOW_FACTOR = 1.5
 SLOW_MIN_EXTRA_S = 30.0
 """A phase projected to take SLOW_FACTOR times its calibrated duration, and at least
@@ -419,11 +416,11 @@ def _timed(
 def _steady_pace(counts: Counts) -> float:
     """The phase's measured pace (items a minute) once it says something, else 0.
 
-    The first batches are ramped (1, 2, 4, 8, 16 items, `tasks.phase.ramped_chunks`) and
-    each pays a batch's fixed costs, so their pace is too slow; the calibrated one is
-    better until a full batch has been done after them.
+    The first batches are ramped (1, 2, 4, ... items, `tasks.phase.ramped_chunks`) and each
+    pays a batch's fixed costs, so their pace is too slow; the calibrated one is better
+    until the phase has done the items of its ramp (`Counts.ramp`, the phase says how many).
     """
-    return counts.pace if counts.pace > 0 and counts.fresh >= PACE_AFTER_ITEMS else 0.0
+    return counts.pace if counts.pace > 0 and counts.fresh >= counts.ramp else 0.0
 
 
 def _position(counts: Counts, work_s: float, now: float) -> float:

@@ -121,14 +121,18 @@ def weights_schema(shares: Mapping[str, float]) -> PhaseWeights:
 def calibrate(
     previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str
 ) -> Calibration:
-    """Seconds per session image of each phase, over the given completed sessions (each
-with its phases); the timeline of a session started by `route` prefers that route's."""
+    """Seconds per session image of each phase, and the timeline, over completed sessions
+    (each with its phases) for a session started by `route`.
+
+    Both come from the sessions of `route` when those measured every phase the others
+    did, from all of them otherwise (`route_sessions`); start-up is always per route.
+    """
     if not previous:
         return Calibration()
     seconds: dict[str, float] = {}
     images: dict[str, int] = {}
     used = 0
-    for phase_runs, latest in per_parent:
+    for phase_runs, latest in route_sessions(previous, per_parent, route)[1]:
         counts = counts_of(latest.get(PHASES[0]))
         embed = phase_runs.get(PHASES[0])
         if counts is None or counts.total <= 0 or embed is None:
@@ -151,22 +155,37 @@ with its phases); the timeline of a session started by `route` prefers that rout
     return Calibration(per_image, used, timeline)
 
 
+def route_sessions(
+    previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str
+) -> tuple[list[FlowRun], list[Phases]]:
+    """The sessions of `route` when they measured every phase the others did, else all.
+
+    A new process pays one-off costs inside its phases too (the first forward pass,
+    clustering's imports) that a warm indexer has already paid, so costs are taken from
+    sessions started the same way whenever those say enough.
+    """
+    every = (list(previous), list(per_parent))
+    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
+            if route and launch_route(p.tags) == route]  # fmt: skip
+    if not same:
+        return every
+    own = ([p for p, _ in same], [phases for _, phases in same])
+    pooled, measured = _measure(*every), _measure(*own)
+    if pooled is None or measured is None:
+        return every
+    return own if measured.per_unit_s.keys() >= pooled.per_unit_s.keys() else every
+
+
 def measure_timeline(
     previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str = ""
 ) -> Timeline | None:
-    """Start-up (per launch route), overheads and unit costs measured on finished sessions.
-
-    The overheads and unit costs come from the sessions of `route` when they measured
-    every phase the others did: a new process pays one-off costs inside its phases too
-    (the first forward pass, clustering's imports) that a warm indexer has already paid.
-    """
+    """Start-up (per launch route, from every session), overheads and unit costs (from
+    `route_sessions`) measured on finished sessions."""
     pooled = _measure(previous, per_parent)
-    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
-            if route and launch_route(p.tags) == route]  # fmt: skip
-    own = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
-    if pooled is None or own is None or not own.per_unit_s.keys() >= pooled.per_unit_s.keys():
-        return pooled
-    return replace(own, startup_s=pooled.startup_s)
+    if pooled is None:
+        return None
+    chosen = _measure(*route_sessions(previous, per_parent, route))
+    return pooled if chosen is None else replace(chosen, startup_s=pooled.startup_s)
 
 
 def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timeline | None:

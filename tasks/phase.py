@@ -226,6 +226,17 @@ def ramped_chunks(items: Sequence[Item], size: int) -> list[list[Item]]:
     return out
 
 
+def ramp_items(chunks: Sequence[Sequence[Item]], size: int) -> int:
+    """How many items the small first batches and the first full one hold: each of them
+    pays a batch's fixed costs, so the pace they show is slower than the steady one."""
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        if len(chunk) >= size:
+            break
+    return n
+
+
 def run_phase(phase: Phase[Any, Any, Any]) -> PhaseSummary:
     """Run a phase over its work: the shared loop of batching, progress and resume.
 
@@ -299,6 +310,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         reporter.set_stage("loading")
         phase.prepare()
     queue = ramped_chunks(sorted(todo, key=phase.key), phase.batch_size)
+    reporter.ramp = ramp_items(queue, phase.batch_size)
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 

@@ -42,6 +42,7 @@ class Counts:
     stage: str = "working"  # a key of STAGES
     last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
     pace: float = 0.0  # items a minute between the first and the last finished (0: not known)
+    ramp: int = 0  # items of the small first batches and the first full one (pace not trusted)
 
     @property
     def percentage(self) -> float:
@@ -58,7 +59,7 @@ class Counts:
             f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)} "
             f"active={self.active} fresh={self.fresh} todo={self.todo} "
             f"work_started={self.work_started:.3f} stage={self.stage} "
-            f"last_done={self.last_done:.3f} pace={self.pace:.2f}"
+            f"last_done={self.last_done:.3f} pace={self.pace:.2f} ramp={self.ramp}"
         )
 
     @classmethod
@@ -82,6 +83,7 @@ class Counts:
                 stage=pairs.get("stage", "working") if pairs.get("stage") in STAGES else "working",
                 last_done=float(pairs.get("last_done", 0.0)),
                 pace=float(pairs.get("pace", 0.0)),
+                ramp=int(pairs.get("ramp", 0)),
             )
         except (KeyError, ValueError):
             return None
@@ -108,6 +110,7 @@ class ProgressReporter:
     todo: int = -1
     stage: str = "working"
     work_started: float = 0.0
+    ramp: int = 0
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
@@ -184,6 +187,7 @@ class ProgressReporter:
             "working" if done else self.stage,
             self._epoch(self._last_done),
             self.pace(),
+            self.ramp,
         )
 
     @staticmethod

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 from prefect.client.schemas.objects import Artifact, FlowRun
 
-from api.weights import measure_timeline
+from api.weights import calibrate, measure_timeline
 from tasks.progress import Counts
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
@@ -28,9 +28,11 @@ def session(route: str, created: float, phases: dict[str, tuple[float, float, Co
     runs: dict[str, FlowRun] = {}
     artifacts: dict[str, Artifact] = {}
     for key, (start, stop, counts) in phases.items():
-        run = FlowRun.model_validate(
-            {"flow_id": uuid4(), "start_time": at(start), "end_time": at(stop)}
-        )
+        run = FlowRun.model_validate({
+            "flow_id": uuid4(), "start_time": at(start), "end_time": at(stop),
+            "state_type": "COMPLETED",
+            "state": {"type": "COMPLETED", "name": "Completed", "timestamp": at(stop)},
+        })  # fmt: skip
         runs[key] = run
         artifacts[key] = Artifact(key=f"photoindex-{key.lower()}", type="progress",
                                   description=counts.describe(), flow_run_id=run.id)
@@ -93,6 +95,11 @@ def test_a_routes_own_sessions_set_its_unit_costs_when_they_measured_every_phase
     # start-up stays known for every route, whichever route asks
     assert for_warm.startup_s == for_cold.startup_s == pooled.startup_s
     assert for_warm.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
+    # The phase shares follow the same sessions: the warm route's alone, all for the others.
+    warm_shares = calibrate(runs, phases, "warm")
+    assert warm_shares.sessions == 1
+    assert warm_shares.seconds_per_image["training"] == pytest.approx(6.5 / 100)
+    assert calibrate(runs, phases, "deployment").sessions == 2
 
 
 def test_a_route_whose_sessions_missed_a_phase_takes_every_sessions_costs() -> None:

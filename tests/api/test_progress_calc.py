@@ -489,9 +489,10 @@ def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
 
 def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None:
     """2 done (batches of 1 and 1) at a measured 4 a minute, slowed by two batches' fixed
-    costs: the calibrated 0.3 s a photo says where the work is, and the time left."""
+    costs: until the phase's ramp of 31 items is done, the calibrated 0.3 s a photo says
+    where the work is, and the time left."""
     counts = Counts(82, 100, fresh=2, active=12, todo=20, work_started=ago(8).timestamp(),
-                    pace=4.0, last_done=ago(1.5).timestamp())
+                    pace=4.0, last_done=ago(1.5).timestamp(), ramp=31)
     embed = PhaseSnapshot(run=running(10), counts=counts, artifact_updated=ago(1.5))
     result = calc(starting("warm", 10.0, parent="RUNNING", training=embed), TIMED)
     position = 2 + 1.5 / 0.3  # 7 of 20

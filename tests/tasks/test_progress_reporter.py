@@ -77,3 +77,22 @@ def test_the_pace_runs_from_the_first_results_to_the_last(recorder: Recorder) ->
     assert counts is not None
     assert counts.pace == pytest.approx(60.0 * 2 / 0.2, rel=0.3)
     assert time.time() - counts.last_done == pytest.approx(0.3, abs=0.15)
+
+
+@pytest.mark.parametrize(
+    ("todo", "size", "ramp"),
+    [(100, 16, 31), (20, 16, 20), (100, 4, 7), (100, 1, 1), (0, 16, 0)],
+)
+def test_the_ramp_is_the_small_batches_and_the_first_full_one(
+    todo: int, size: int, ramp: int
+) -> None:
+    from tasks.phase import ramp_items, ramped_chunks
+
+    assert ramp_items(ramped_chunks(list(range(todo)), size), size) == ramp
+
+
+def test_counts_read_back_as_published() -> None:
+    counts = Counts(5, 20, skipped=1, failed=1, per_minute=3.0, active=4, fresh=3, todo=18,
+                    work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
+                    ramp=31)  # fmt: skip
+    assert Counts.parse(counts.describe()) == counts
