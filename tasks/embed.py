@@ -21,6 +21,7 @@ from tasks.catalog import display_path, now_utc
 from tasks.decode import capture_time, read_capture_time
 from tasks.discover import ImageRef
 from tasks.face_inputs import FACE_SIDE, FACE_SLACK, FaceInputs, find_faces, fingerprint
+from tasks.faces import FacesPhase
 from tasks.images import ImagePhase
 from tasks.models.registry import clip_embedder, face_analyzer
 from tasks.phase import BatchOutcome, Rejection
@@ -94,7 +95,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         items, rejected = super().discover()
         self.date_undated(items)
         if self.finder is not None:
-            done = self.catalog.done_rows("faces", self.finder.model_id)
+            done = self.catalog.done_rows(FacesPhase.name, self.finder.model_id)
             self.faces_todo = {ref.sha256 for ref in items if ref.sha256 not in done}
         return items, rejected
 
