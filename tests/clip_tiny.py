@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
 from safetensors.torch import save_file
+
+from photoindex.settings import Settings
 
 TINY_CLIP_NAME = "photoindex-tiny-clip"
 
@@ -38,3 +41,9 @@ def build_tiny_clip(dest: Path, seed: int = 0) -> tuple[Path, Path]:
     weights_path = dest / "tiny_clip.safetensors"
     save_file(state, str(weights_path))
     return config_path, weights_path
+
+
+def tiny_settings(tiny: tuple[Path, Path], **fields: Any) -> Settings:
+    """Settings that use the tiny model: its config file names the architecture."""
+    config, weights = tiny
+    return Settings(clip_config=config, clip_pretrained=str(weights), **fields)

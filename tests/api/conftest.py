@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.prefect_reader import PrefectReader
 from photoindex.settings import Settings
+from tests.clip_tiny import tiny_settings
 from tests.loopback import LOOPBACK, served_in_thread
 
 Progress = dict[str, Any]
@@ -63,13 +64,8 @@ def served_api(
     """The real API under uvicorn on 127.0.0.1, with its own data folder and the tiny model."""
 
 
-    config, weights = tiny_clip
-    settings = Settings(
-        prefect_api_url=prefect_api_url,
-        data_dir=tmp_path_factory.mktemp("api-data"),
-        clip_model=config.stem,
-        clip_pretrained=str(weights),
-        clip_config=config,
+    settings = tiny_settings(
+        tiny_clip, prefect_api_url=prefect_api_url, data_dir=tmp_path_factory.mktemp("api-data")
     )
     app = create_app(settings, PrefectReader(settings, cache_ttl_s=0.2))
     with served_in_thread(app) as (port, _):

@@ -14,6 +14,7 @@ from api.app import create_app
 from api.search import TextSearch
 from photoindex.settings import Settings
 from tasks.catalog import Catalog, now_utc
+from tests.clip_tiny import tiny_settings
 from tests.loopback import LOOPBACK
 
 N = 40
@@ -32,12 +33,9 @@ def library(
     from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients
 
-    config, weights = tiny_clip
-    settings = Settings(
+    settings = tiny_settings(
+        tiny_clip,
         data_dir=tmp_path_factory.mktemp("search-features"),
-        clip_model=config.stem,
-        clip_pretrained=str(weights),
-        clip_config=config,
         prefect_api_url="http://127.0.0.1:9/api",
     )
     model = clip_embedder(settings)
@@ -182,7 +180,7 @@ def test_the_cli_searches_with_the_same_options(library: tuple[Settings, np.ndar
     settings, _ = library
     env = {
         "PHOTOINDEX_DATA_DIR": str(settings.data_dir),
-        "PHOTOINDEX_CLIP_MODEL": settings.clip_model,
+        "PHOTOINDEX_CLIP_MODEL": settings.clip_architecture,
         "PHOTOINDEX_CLIP_PRETRAINED": settings.clip_pretrained,
         "PHOTOINDEX_CLIP_CONFIG": str(settings.clip_config),
     }

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.search import LocalStoreHolder, SearchQuery, SearchResult, TextSearch
 from photoindex.settings import Settings
+from tests.clip_tiny import tiny_settings
 from tests.loopback import LOOPBACK
 
 # Another process, as an index run would be: for each folder read, says whether it could
@@ -46,12 +47,9 @@ def library(tiny_clip: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
     from tasks.models.registry import clip_embedder
     from tasks.vectors import VectorStore, close_clients
 
-    config, weights = tiny_clip
-    settings = Settings(
+    settings = tiny_settings(
+        tiny_clip,
         data_dir=tmp_path_factory.mktemp("search-data"),
-        clip_model=config.stem,
-        clip_pretrained=str(weights),
-        clip_config=config,
         prefect_api_url="http://127.0.0.1:9/api",
     )
     model = clip_embedder(settings)

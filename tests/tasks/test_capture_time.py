@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from tasks.decode import DATETIME_ORIGINAL, EXIF_IFD, capture_time, decode_image, parse_exif_time
+from tests.clip_tiny import tiny_settings
 from tests.photos import real_photos, save_photo
 
 
@@ -51,7 +52,6 @@ def test_points_stored_without_a_capture_time_get_it_without_re_embedding(
     """A store migrated from local mode has no capture times: the next embed phase adds them."""
     import numpy as np
 
-    from photoindex.settings import Settings
     from tasks.discover import hash_file
     from tasks.embed import EmbedPhase
     from tasks.models.registry import clip_embedder
@@ -64,11 +64,7 @@ def test_points_stored_without_a_capture_time_get_it_without_re_embedding(
     exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = "2015:05:01 08:00:00"
     real_photos()["coffee"].save(folder / "coffee.jpg", "JPEG", exif=exif.tobytes())
     save_photo(real_photos()["rocket"], folder / "rocket.png", fmt="PNG")
-    config, weights = tiny_clip
-    settings = Settings(
-        data_dir=tmp_path / "data", clip_model=config.stem, clip_pretrained=str(weights),
-        clip_config=config,
-    )  # fmt: skip
+    settings = tiny_settings(tiny_clip, data_dir=tmp_path / "data")
     model_id = clip_embedder(settings).model_id
     shas = {name: hash_file(folder / name) for name in ("coffee.jpg", "rocket.png")}
     old: list[dict[str, object]] = [{"path": str(folder / n), "sha256": h} for n, h in shas.items()]
