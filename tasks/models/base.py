@@ -6,7 +6,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +17,6 @@ logger = logging.getLogger(__name__)
 #: How many times this process has loaded a model (the warm indexer reports it).
 load_count = 0
 
-In = TypeVar("In")
-Out = TypeVar("Out")
 
 #: An (H, W, 3) uint8 photo or crop; the face models take it in BGR order.
 Image = npt.NDArray[np.uint8]
@@ -81,15 +79,3 @@ class LazyModel(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-
-
-class InferenceModel(LazyModel, Generic[In, Out]):
-    """A lazily loaded model with an abstract `_predict()`."""
-
-    def predict(self, inputs: In) -> Out:
-        """Run the model, loading it first if needed."""
-        self.load()
-        return self._predict(inputs)
-
-    @abstractmethod
-    def _predict(self, inputs: In) -> Out: ...

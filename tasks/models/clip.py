@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from photoindex.settings import Settings, get_settings
-from tasks.models.base import InferenceModel
+from tasks.models.base import LazyModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ClipWeightsError(ClipModelError):
     """CLIP weights cannot be had: no download, unknown tag, or a missing or unfit file."""
 
 
-class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
+class ClipEmbedder(LazyModel):
     """open_clip model that embeds photos and texts as L2-normalised float32 vectors."""
 
     # Loaded state is prefixed `_m_` so pickling drops it; class defaults cover unpickled copies.
@@ -127,7 +127,8 @@ class ClipEmbedder(InferenceModel[list[Image.Image], npt.NDArray[np.float32]]):
         with torch.inference_mode():
             return _unit_rows(self._m_model.encode_text(tokenizer(texts)))
 
-    def _predict(self, inputs: list[Image.Image]) -> Embeddings:
+    def embed_images(self, inputs: list[Image.Image]) -> Embeddings:
+        """Embed photos: the model's preprocess, then one forward pass for all of them."""
         if not inputs:
             return np.empty((0, self.dim), dtype=np.float32)
         return self.embed_tensors(torch.stack([self.preprocess(img) for img in inputs]))

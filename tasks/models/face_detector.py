@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tasks.models.base import Floats, Image, InferenceModel, onnx_session
+from tasks.models.base import Floats, Image, LazyModel, onnx_session
 
 YUNET_ID = "yunet-2023mar"
 
@@ -23,7 +23,7 @@ def _round_up(value: int) -> int:
     return -(-value // _YUNET_DIVISOR) * _YUNET_DIVISOR
 
 
-class FaceDetector(InferenceModel[Image, tuple[Floats, Floats]]):
+class FaceDetector(LazyModel):
     """YuNet on onnxruntime with InsightFace's `prepare`/`detect` API (like SCRFD)."""
 
     def __init__(self, model_path: Path, threads: int = 1, model_id: str = YUNET_ID) -> None:
@@ -53,9 +53,6 @@ class FaceDetector(InferenceModel[Image, tuple[Floats, Floats]]):
         dims = self._m_session.get_inputs()[0].shape
         fixed = all(isinstance(d, int) for d in dims[2:])
         self._fixed_hw = (int(dims[2]), int(dims[3])) if fixed else None
-
-    def _predict(self, inputs: Image) -> tuple[Floats, Floats]:
-        return self.detect(inputs)
 
     def detect(self, img_bgr: Image) -> tuple[Floats, Floats]:
         """Find faces: (N,5) x1,y1,x2,y2,score and (N,5,2) landmarks, in image pixels."""

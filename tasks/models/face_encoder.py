@@ -9,12 +9,12 @@ import numpy as np
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.utils import face_align
 
-from tasks.models.base import Floats, Image, InferenceModel, onnx_session
+from tasks.models.base import Floats, Image, LazyModel, onnx_session
 
 SFACE_ID = "sface-2021dec"
 
 
-class FaceEncoder(InferenceModel[Image, Floats]):
+class FaceEncoder(LazyModel):
     """A recogniser through InsightFace's ArcFaceONNX; SFace needs input_mean=0, input_std=1."""
 
     def __init__(
@@ -41,9 +41,6 @@ class FaceEncoder(InferenceModel[Image, Floats]):
         if self.input_std is not None:
             model.input_std = self.input_std
         self._m_model = model
-
-    def _predict(self, inputs: Image) -> Floats:
-        return self.embed(inputs)
 
     @property
     def crop_size(self) -> int:

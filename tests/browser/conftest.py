@@ -150,7 +150,7 @@ def _index_photos(settings: Settings, folder: Path) -> None:
     catalog.write_manifest(str(folder), files)
     model = clip_embedder(settings)
     decoded = [decode_image(str(p), max_side=448) for p in paths]
-    vectors = model.predict([d.image for d in decoded])
+    vectors = model.embed_images([d.image for d in decoded])
     payloads = [
         {"path": p, "sha256": h, "width": d.width, "height": d.height, **capture_time(d.taken, m)}
         for (p, h, _, m), d in zip(files, decoded, strict=True)

@@ -58,7 +58,7 @@ def test_loads_tiny_model_from_weights_file(
 def test_photo_embeddings_are_unit_float32_rows(
     embedder: ClipEmbedder, photos: dict[str, Image.Image]
 ) -> None:
-    vectors = embedder.predict(list(photos.values()))
+    vectors = embedder.embed_images(list(photos.values()))
     assert vectors.shape == (len(photos), 64)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -67,23 +67,23 @@ def test_photo_embeddings_are_unit_float32_rows(
 
 
 def test_real_photo_embeds(embedder: ClipEmbedder, photos: dict[str, Image.Image]) -> None:
-    vector = embedder.predict([photos["astronaut"]])
+    vector = embedder.embed_images([photos["astronaut"]])
     assert vector.shape == (1, 64)
     assert np.isfinite(vector).all()
 
 
 def test_empty_batch_gives_empty_rows(embedder: ClipEmbedder) -> None:
-    assert embedder.predict([]).shape == (0, 64)
+    assert embedder.embed_images([]).shape == (0, 64)
     assert embedder.embed_text([]).shape == (0, 64)
 
 
-def test_caller_side_preprocessing_matches_predict(
+def test_caller_side_preprocessing_matches_embed_images(
     embedder: ClipEmbedder, photos: dict[str, Image.Image]
 ) -> None:
     images = list(photos.values())
     batch = torch.stack([embedder.preprocess(img) for img in images])
     assert batch.shape == (len(images), 3, 224, 224)
-    np.testing.assert_array_equal(embedder.embed_tensors(batch), embedder.predict(images))
+    np.testing.assert_array_equal(embedder.embed_tensors(batch), embedder.embed_images(images))
 
 
 def test_reload_gives_identical_embeddings(
@@ -92,7 +92,7 @@ def test_reload_gives_identical_embeddings(
     config, weights = tiny
     again = ClipEmbedder(pretrained=weights, config=config, threads=2)
     images = list(photos.values())
-    np.testing.assert_array_equal(again.predict(images), embedder.predict(images))
+    np.testing.assert_array_equal(again.embed_images(images), embedder.embed_images(images))
     texts = ["a photo of a cat", "a rocket"]
     np.testing.assert_array_equal(again.embed_text(texts), embedder.embed_text(texts))
 
@@ -103,7 +103,7 @@ def test_pickled_copy_reloads_and_matches(
     copy = pickle.loads(pickle.dumps(embedder))  # how Dask ships it to a worker
     assert not copy.loaded
     images = [photos["chelsea"]]
-    np.testing.assert_array_equal(copy.predict(images), embedder.predict(images))
+    np.testing.assert_array_equal(copy.embed_images(images), embedder.embed_images(images))
 
 
 def test_text_embeds_as_unit_rows(embedder: ClipEmbedder) -> None:
@@ -205,7 +205,7 @@ REAL_CLIP = os.environ.get("PHOTOINDEX_TEST_REAL_CLIP")
 def test_real_clip_finds_the_cat_photo(photos: dict[str, Image.Image]) -> None:
     model = ClipEmbedder(pretrained=REAL_CLIP)
     names = list(photos)
-    image_vectors = model.predict([photos[name] for name in names])
+    image_vectors = model.embed_images([photos[name] for name in names])
     text_vector = model.embed_text(["a photo of a cat"])[0]
     ranking = [names[i] for i in np.argsort(-(image_vectors @ text_vector))]
     assert ranking[0] == "chelsea", ranking
