@@ -114,6 +114,7 @@ class ProgressReporter:
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
+    _held: bool = False  # counts changed since the last publish, held back by the throttle
     _work_done: int = 0
     _first: tuple[float, int] | None = None  # when the first items finished; items done then
     _last_done: float = 0.0  # time.monotonic() when items last finished
@@ -130,8 +131,13 @@ class ProgressReporter:
         self._stop.set()
 
     def _beat(self) -> None:
-        while not self._stop.wait(min(self.heartbeat_s, 5.0)):
-            if time.monotonic() - self._last_publish >= self.heartbeat_s:
+        """Publish what the throttle held back once it allows, and beat while nothing
+        happens: results that finish just after a publish are shown within `interval_s`,
+        not with the next batch (which may be many seconds later)."""
+        tick = max(0.05, min(self.interval_s / 4, self.heartbeat_s, 5.0))
+        while not self._stop.wait(tick):
+            since = time.monotonic() - self._last_publish
+            if (self._held and since >= self.interval_s) or since >= self.heartbeat_s:
                 self.publish(beat=True)
 
     def _create(self) -> None:
@@ -163,6 +169,8 @@ class ProgressReporter:
         # The first results are news (start-up is over): say so now, not a throttle later.
         if first or time.monotonic() - self._last_publish >= self.interval_s:
             self.publish()
+        else:
+            self._held = True  # the heartbeat thread publishes them when the throttle allows
 
     def reject(self, n: int) -> None:
         """Count items refused before any work (unreadable, unsupported) as skipped: done,
@@ -237,6 +245,7 @@ class ProgressReporter:
                 if self._artifact_id is None:
                     return
             self._last_publish = time.monotonic()
+            self._held = False
             try:
                 update_progress_artifact(
                     self._artifact_id, progress=counts.percentage, description=counts.describe()

@@ -62,6 +62,25 @@ def test_the_first_results_are_published_at_once_then_throttled(recorder: Record
     reporter.stop()
 
 
+def test_results_held_by_the_throttle_are_published_when_it_allows(recorder: Recorder) -> None:
+    """A batch that finishes just after a publish shows within the throttle's interval, not
+    with the next batch (the bar used to stand still for seconds between the first ones)."""
+    reporter = ProgressReporter("embed", total=10, interval_s=0.4, heartbeat_s=60)
+    reporter.start()
+    reporter.advance(processed=1)  # the first results: published at once
+    n = len(recorder.updates)
+    reporter.advance(processed=2)  # held by the throttle
+    assert len(recorder.updates) == n
+    deadline = time.monotonic() + 2.0
+    while len(recorder.updates) == n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held = recorder.updates[-1][1]
+    assert held is not None and held.current == 3, "the held results were published"
+    time.sleep(0.6)
+    assert len(recorder.updates) == n + 1, "nothing new: no more publishes before the heartbeat"
+    reporter.stop()
+
+
 def test_the_pace_runs_from_the_first_results_to_the_last(recorder: Recorder) -> None:
     reporter = ProgressReporter("embed", total=10, interval_s=0.0, heartbeat_s=60)
     reporter.start()
