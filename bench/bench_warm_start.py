@@ -59,6 +59,8 @@ class Run:
     first_batch: float | None = None
     """When the API first saw a batch's results (sampled)."""
     steps: dict[str, float] = field(default_factory=dict)
+    read_s: list[tuple[float, float]] = field(default_factory=list)
+    """(when asked, seconds) of each sample's read through the API's reader."""
     end: float = 0.0
     last_phase_end: float = 0.0
     weights: str = ""
@@ -105,8 +107,10 @@ async def _sample(run: Run, period_s: float) -> None:
         while True:
             tick = time.monotonic()
             try:
+                asked = time.time()
                 snap, weights, _ = await reader.snapshot(run.session_id)
                 p = await reader.unified(run.session_id)
+                run.read_s.append((asked - run.started, time.time() - asked))
             except PrefectUnavailable:
                 await asyncio.sleep(period_s)
                 continue
@@ -331,7 +335,8 @@ def main() -> None:
     if args.trace is not None:
         args.trace.write_text(json.dumps([
             {"label": r.label, "started": r.started, "end": r.end, "weights": r.weights,
-             "first_batch": r.first_batch, "steps": r.steps, "runs": r.phase_runs,
+             "first_batch": r.first_batch, "steps": r.steps, "reads": r.read_s,
+             "runs": r.phase_runs,
              "samples": r.trace}
             for r in runs
         ], indent=1, default=str))  # fmt: skip
