@@ -114,6 +114,7 @@ class ProgressReporter:
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
+    _beater: threading.Thread | None = None
     _held: bool = False  # counts changed since the last publish, held back by the throttle
     _work_done: int = 0
     _first: tuple[float, int] | None = None  # when the first items finished; items done then
@@ -124,11 +125,18 @@ class ProgressReporter:
     def start(self) -> None:
         """Create the artifact at 0 (or at what earlier runs already did); start the heartbeat."""
         self._create()
-        threading.Thread(target=self._beat, name=f"{self.phase}-heartbeat", daemon=True).start()
+        self._beater = threading.Thread(
+            target=self._beat, name=f"{self.phase}-heartbeat", daemon=True
+        )
+        self._beater.start()
 
     def stop(self) -> None:
-        """Stop the heartbeat (the phase ended, one way or another)."""
+        """Stop the heartbeat (the phase ended, one way or another) and wait for it, so a
+        beat in flight never lands after the phase's last word."""
         self._stop.set()
+        beater = self._beater
+        if beater is not None and beater is not threading.current_thread():
+            beater.join(timeout=30)
 
     def _beat(self) -> None:
         """Publish what the throttle held back once it allows, and beat while nothing
