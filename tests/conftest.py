@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+@pytest.fixture(autouse=True)
+def _no_drivable_session_outlives_its_test() -> Iterator[None]:
+    """A drivable session a test leaves running is abandoned, so its heartbeats never
+    publish into the progress a later test records."""
+    yield
+    drivable = sys.modules.get("tests.api.drivable")
+    if drivable is not None:
+        drivable.abandon_all()
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ class Driver:
     outcome: str | None = None
     started: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    reporters: list[ProgressReporter] = field(default_factory=list)
     commands: dict[str, queue.Queue[int | str]] = field(
         default_factory=lambda: {p: queue.Queue() for p in ("embed", "faces", "cluster")}
     )
@@ -79,6 +81,13 @@ class Driver:
         self.commands[phase].put(FINISH)
         self._wait_ack(phase, FINISHED, timeout)
 
+    def abandon(self) -> None:
+        """The test is over: stop the heartbeats (a paused or unfinished session would
+        otherwise publish into later tests) and let the phase at work raise."""
+        self.abandoned.set()
+        for reporter in self.reporters:
+            reporter.stop()
+
     def fail(self, phase: str) -> None:
         """Make a phase raise."""
         self.commands[phase].put(FAIL)
@@ -93,9 +102,29 @@ class Driver:
 def _drive(phase: str, folder: str, total: int) -> int:
     driver = DRIVERS[folder]
     reporter = ProgressReporter(phase, total=total, interval_s=3600)
+    driver.reporters.append(reporter)
     reporter.start()
+    try:
+        return _follow(driver, phase, reporter)
+    finally:
+        reporter.stop()
+
+
+def abandon_all() -> None:
+    """Abandon every session a test left running."""
+    for folder, driver in list(DRIVERS.items()):
+        if driver.ended.is_set():
+            del DRIVERS[folder]
+        else:
+            driver.abandon()
+
+
+def _follow(driver: Driver, phase: str, reporter: ProgressReporter) -> int:
+    total = reporter.total
     driver.acks[phase].put(0)
     while True:
+        if driver.abandoned.is_set():
+            raise RuntimeError(f"{phase} abandoned: its test ended")
         checkpoint()
         try:
             command = driver.commands[phase].get(timeout=0.05)
