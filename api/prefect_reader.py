@@ -73,8 +73,8 @@ from photoindex.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_TTL_S = 0.75
-STALE_FACTOR = 4.0
+DEFAULT_CACHE_TTL_S = 0.25
+STALE_FACTOR = 2.0
 """Cached data up to this many TTLs old is served while a background fetch refreshes it."""
 DEFAULT_TIMEOUT_S = 10.0
 PREFECT_PAGE = 200

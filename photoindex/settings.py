@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     threads: int = 2
     max_image_pixels: int = 200_000_000
-    progress_interval_s: float = 1.0
+    progress_interval_s: float = 0.25
 
     library_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
