@@ -150,8 +150,8 @@ def main() -> None:
             f"{len(sessions)} running sessions for {args.duration:.0f} s each run"
         )
         results: list[Result] = []
-        cached = (f"cache {DEFAULT_CACHE_TTL_S} s", DEFAULT_CACHE_TTL_S)
-        for label, ttl in (cached, ("no cache", 0.0)):
+        with_cache = (f"cache {DEFAULT_CACHE_TTL_S} s", DEFAULT_CACHE_TTL_S)
+        for label, ttl in (with_cache, ("no cache", 0.0)):
             proc, base = start_api(prefect_url, ttl)
             try:
                 asyncio.run(load(base, sessions, 4, 0.5, 3.0, "warm-up"))
