@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from api.runs import RunState
+from api.runs import RunState, session_start
 from api.schemas import (
     CurrentPhase,
     FaceSessionResponse,
@@ -351,10 +351,10 @@ def _units(key: str, snap: SessionSnapshot) -> int | None:
 
 
 def _segment_start(key: str, snap: SessionSnapshot) -> datetime | None:
-    """When a phase's part of the timeline began: the session's creation for the first,
+    """When a phase's part of the timeline began: the session's start for the first,
     the end of the phase before it for the others."""
     if key == FIRST:
-        return snap.parent.created or snap.parent.start_time
+        return session_start(snap.parent.created or snap.parent.start_time, snap.session)
     before = PHASES[PHASES.index(key) - 1]
     run = snap.phase(before).run
     return run.end_time if run is not None else None

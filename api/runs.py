@@ -60,6 +60,15 @@ def run_state(run: FlowRun) -> RunState:
     )
 
 
+def session_start(created: datetime | None, session: Counts | None) -> datetime | None:
+    """When a session began for its user: when they asked (the command's start, the
+    POST), as the launcher recorded it, else when its run was created."""
+    if session is not None and session.requested > 0:
+        asked = datetime.fromtimestamp(session.requested, UTC)
+        return asked if created is None else min(asked, created)
+    return created
+
+
 def counts_of(artifact: Artifact | None) -> Counts | None:
     if artifact is None:
         return None

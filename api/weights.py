@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from prefect.client.schemas.objects import FlowRun
 
-from api.runs import Phases, counts_of, run_state, utc
+from api.runs import Phases, counts_of, run_state, session_start, utc
 from api.schemas import PhaseWeights
 from photoindex.launch import launch_route
 from photoindex.phases import BY_CONTRACT, SEED_WEIGHTS
@@ -125,14 +125,15 @@ def calibrate(
     (each with its phases) for a session started by `route`.
 
     Both come from the sessions of `route` when those measured every phase the others
-    did, from all of them otherwise (`route_sessions`); start-up is always per route.
+    did, from all of them otherwise (`_routed`); start-up is always per route.
     """
     if not previous:
         return Calibration()
     seconds: dict[str, float] = {}
     images: dict[str, int] = {}
     used = 0
-    for phase_runs, latest in route_sessions(previous, per_parent, route)[1]:
+    chosen, timeline = _routed(previous, per_parent, route)
+    for phase_runs, latest in chosen:
         counts = counts_of(latest.get(PHASES[0]))
         embed = phase_runs.get(PHASES[0])
         if counts is None or counts.total <= 0 or embed is None:
@@ -149,43 +150,39 @@ def calibrate(
                 seconds[phase] = seconds.get(phase, 0.0) + state.duration_s
                 images[phase] = images.get(phase, 0) + counts.total
     per_image = {p: seconds[p] / images[p] for p in seconds if images[p] > 0 and seconds[p] > 0}
-    timeline = measure_timeline(previous, per_parent, route)
     if not per_image:
         return Calibration(timeline=timeline)
     return Calibration(per_image, used, timeline)
-
-
-def route_sessions(
-    previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str
-) -> tuple[list[FlowRun], list[Phases]]:
-    """The sessions of `route` when they measured every phase the others did, else all.
-
-    A new process pays one-off costs inside its phases too (the first forward pass,
-    clustering's imports) that a warm indexer has already paid, so costs are taken from
-    sessions started the same way whenever those say enough.
-    """
-    every = (list(previous), list(per_parent))
-    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
-            if route and launch_route(p.tags) == route]  # fmt: skip
-    if not same:
-        return every
-    own = ([p for p, _ in same], [phases for _, phases in same])
-    pooled, measured = _measure(*every), _measure(*own)
-    if pooled is None or measured is None:
-        return every
-    return own if measured.per_unit_s.keys() >= pooled.per_unit_s.keys() else every
 
 
 def measure_timeline(
     previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str = ""
 ) -> Timeline | None:
     """Start-up (per launch route, from every session), overheads and unit costs (from
-    `route_sessions`) measured on finished sessions."""
+    the sessions `_routed` chooses) measured on finished sessions."""
+    return _routed(previous, per_parent, route)[1]
+
+
+def _routed(
+    previous: Sequence[FlowRun], per_parent: Sequence[Phases], route: str
+) -> tuple[list[Phases], Timeline | None]:
+    """The phases of the sessions costs are taken from, and their timeline.
+
+    Those are the sessions of `route` when they measured every phase the others did, all
+    of them otherwise: a new process pays one-off costs inside its phases too (the first
+    forward pass, clustering's imports) that a warm indexer has already paid. Start-up
+    is always measured per route over every session.
+    """
+    every = list(per_parent)
     pooled = _measure(previous, per_parent)
     if pooled is None:
-        return None
-    chosen = _measure(*route_sessions(previous, per_parent, route))
-    return pooled if chosen is None else replace(chosen, startup_s=pooled.startup_s)
+        return every, None
+    same = [(p, phases) for p, phases in zip(previous, per_parent, strict=True)
+            if route and launch_route(p.tags) == route]  # fmt: skip
+    measured = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
+    if measured is None or not measured.per_unit_s.keys() >= pooled.per_unit_s.keys():
+        return every, pooled
+    return [phases for _, phases in same], replace(measured, startup_s=pooled.startup_s)
 
 
 def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timeline | None:
@@ -201,7 +198,8 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     units: dict[str, float] = {}
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
-        created, end = utc(parent.created), utc(parent.end_time)
+        created = session_start(utc(parent.created), counts_of(artifacts.get("session")))
+        end = utc(parent.end_time)
         embed = counts_of(artifacts.get(PHASES[0]))
         if created is None or end is None or embed is None or embed.todo < 0:
             continue

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from photoindex import IMPORTED
 from photoindex.phases import BY_NAME, COMPLETED_TITLE, CONTRACT_KEYS, PHASES
 from photoindex.prefect_server import ui_url
 from photoindex.settings import Settings, get_settings
@@ -58,13 +59,18 @@ def _valid_settings() -> None:
 
 
 def _prefect(settings: Settings) -> str:
+    return _prefect_server(settings)[0]
+
+
+def _prefect_server(settings: Settings) -> tuple[str, bool]:
+    """The Prefect API URL, and whether a local server had to be started for it."""
     from photoindex.prefect_server import PrefectUnavailable, ensure_prefect_api
 
     try:
-        api_url, _ = ensure_prefect_api(settings)
+        api_url, server = ensure_prefect_api(settings)
     except PrefectUnavailable as e:
         raise fail(str(e), 1) from e
-    return api_url
+    return api_url, server is not None
 
 
 def _fmt_eta(seconds: int | None) -> str:
@@ -174,11 +180,16 @@ def index(
     holder = library_holder(settings)
     if holder is not None:
         raise fail(busy_message(holder, settings), 1)
-    api_url = _prefect(settings)
+    api_url, started_server = _prefect_server(settings)
+    # The user waits from the command's start, but a Prefect server started for it is a
+    # one-off, not the session's start-up.
+    requested = time.time() if started_server else IMPORTED
     from photoindex.launch import submit_session
 
     try:
-        launched = submit_session(folder, faces=not no_faces, settings=settings, cold=cold)
+        launched = submit_session(
+            folder, faces=not no_faces, settings=settings, cold=cold, requested=requested
+        )
     except LibraryBusy as e:
         raise fail(str(e), 1) from e
     session_id, proc = launched.session_id, launched.process

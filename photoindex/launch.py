@@ -65,9 +65,17 @@ def session_name(folder: str) -> str:
 
 
 def submit_session(
-    folder: Path, faces: bool = True, settings: Settings | None = None, *, cold: bool = False
+    folder: Path,
+    faces: bool = True,
+    settings: Settings | None = None,
+    *,
+    cold: bool = False,
+    requested: float | None = None,
 ) -> Launched:
     """Start a session on `folder` and return at once; `cold` skips the warm indexer.
+
+    `requested` is when the user asked (epoch seconds; now if not given): the CLI's
+    process start, so its own start-up counts as the session's, as the user waits for it.
 
     Raises LibraryBusy when a session is indexing into this data folder, or was created
     and has not started yet: of concurrent calls, exactly one starts a session.
@@ -77,6 +85,7 @@ def submit_session(
     from tasks.discover import count_photos
     from tasks.progress import Counts, publish_session
 
+    requested = time.time() if requested is None else requested
     settings = settings or get_settings()
     folder = folder.resolve()
     with _launch_guard(settings):
@@ -95,7 +104,8 @@ def submit_session(
             route = "deployment" if session_id is not None else "cold"
         if session_id is None:
             session_id = asyncio.run(create_session(folder, faces, route))
-        publish_session(session_id, Counts(0, photos, todo=new, stage="queued"))
+        asked = Counts(0, photos, todo=new, stage="queued", requested=requested)
+        publish_session(session_id, asked)
         _mark_waiting(settings, session_id)
         process = None
         if indexer is not None:

@@ -43,6 +43,7 @@ class Counts:
     last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
     pace: float = 0.0  # items a minute between the first and the last finished (0: not known)
     ramp: int = 0  # items of the small first batches and the first full one (pace not trusted)
+    requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
 
     @property
     def percentage(self) -> float:
@@ -59,7 +60,8 @@ class Counts:
             f"failed={self.failed} per_minute={self.per_minute:.1f} done={int(self.done)} "
             f"active={self.active} fresh={self.fresh} todo={self.todo} "
             f"work_started={self.work_started:.3f} stage={self.stage} "
-            f"last_done={self.last_done:.3f} pace={self.pace:.2f} ramp={self.ramp}"
+            f"last_done={self.last_done:.3f} pace={self.pace:.2f} ramp={self.ramp} "
+            f"requested={self.requested:.3f}"
         )
 
     @classmethod
@@ -84,6 +86,7 @@ class Counts:
                 last_done=float(pairs.get("last_done", 0.0)),
                 pace=float(pairs.get("pace", 0.0)),
                 ramp=int(pairs.get("ramp", 0)),
+                requested=float(pairs.get("requested", 0.0)),
             )
         except (KeyError, ValueError):
             return None

@@ -117,3 +117,20 @@ def test_a_route_whose_sessions_missed_a_phase_takes_every_sessions_costs() -> N
     assert set(timeline.per_unit_s) == {"training", "faceDetection", "clustering"}
     # the warm session's last phase runs to the session's end: 6.5 s
     assert timeline.per_unit_s["training"] == pytest.approx((16.0 + 6.5) / 120)
+
+
+def test_start_up_counts_from_when_the_user_asked_when_the_launcher_says() -> None:
+    """The command's own start (imports, the fast scan) is start-up its user waits for."""
+    cold = session("cold", 2.0, {
+        "training": (3.0, 20.0, counts(60, 14.0)),
+        "faceDetection": (20.5, 25.0, counts(60, 21.0)),
+        "clustering": (25.5, 26.0, counts(1, 25.6)),
+    }, end=26.5)  # fmt: skip
+    cold[1][1]["session"] = Artifact(
+        key="photoindex-session", type="progress",
+        description=Counts(0, 100, todo=60, stage="queued", requested=at(0.0).timestamp())
+        .describe(),
+    )  # fmt: skip
+    timeline = measure_timeline([cold[0]], [cold[1]])
+    assert timeline is not None
+    assert timeline.startup_s == {"cold": pytest.approx(14.0)}  # not 12 s from the run's creation

@@ -448,6 +448,15 @@ def test_warm_and_cold_start_ups_are_calibrated_apart() -> None:
     assert warm.overall_progress.eta_seconds == 11
 
 
+def test_start_up_counts_from_when_the_user_asked() -> None:
+    """The command started 2 s before it created the run 1.5 s ago: 3.5 s of start-up."""
+    asked = replace(starting("cold", 1.5), session=Counts(
+        0, 100, todo=20, stage="queued", requested=ago(3.5).timestamp()))  # fmt: skip
+    result = calc(asked, TIMED)
+    assert result.overall_progress.percentage == pytest.approx(100 * 3.5 / 26.5, abs=0.01)
+    assert result.overall_progress.eta_seconds == 23
+
+
 def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
     """Past its calibrated start-up, a session that has not begun work does not creep on."""
     late = calc(starting("warm", 6.0, parent="RUNNING"), TIMED)
