@@ -398,12 +398,19 @@ def _timed(
         elif start is None:
             fractions[key], left[key] = 0.0, total
         elif counts is not None and counts.work_started > 0:
+            # In time, not in photos: what it has taken so far and what is left. The first,
+            # ramped batches cost more a photo than the steady ones, so a share of photos
+            # would lag the clock.
             todo = max(1, counts.todo)
-            position = _position(counts, work, snap.now.timestamp())
-            share = position / todo
-            fractions[key] = (overhead + work * share) / total
+            now = snap.now.timestamp()
+            position = _position(counts, work, now)
             pace = _steady_pace(counts)
-            left[key] = (todo - position) * 60.0 / pace if pace > 0 else work * (1.0 - share)
+            left[key] = (
+                (todo - position) * 60.0 / pace if pace > 0 else work * (1.0 - position / todo)
+            )
+            worked = overhead + max(0.0, now - counts.work_started)
+            expected[key] = max(worked + left[key], 1e-6)
+            fractions[key] = worked / expected[key]
         else:
             elapsed = max(0.0, (snap.now - start).total_seconds())
             fractions[key] = min(elapsed, overhead) / total
@@ -418,9 +425,10 @@ def _steady_pace(counts: Counts) -> float:
 
     The first batches are ramped (1, 2, 4, ... items, `tasks.phase.ramped_chunks`) and each
     pays a batch's fixed costs, so their pace is too slow; the calibrated one is better
-    until the phase has done the items of its ramp (`Counts.ramp`, the phase says how many).
+    until the phase has done the items of its ramp (`Counts.ramp`, the phase says how many)
+    and one batch more, from which on the reporter measures the pace without the ramp.
     """
-    return counts.pace if counts.pace > 0 and counts.fresh >= counts.ramp else 0.0
+    return counts.pace if counts.pace > 0 and counts.fresh > counts.ramp else 0.0
 
 
 def _position(counts: Counts, work_s: float, now: float) -> float:

@@ -130,6 +130,10 @@ async def _sample(run: Run, period_s: float) -> None:
                            for key in CONTRACT_KEYS
                            for phase in [getattr(p.phases, key)]},
                 "weights": p.weights.model_dump(),
+                "counts": {key: None if c is None else
+                           [c.fresh, c.active, c.todo, round(c.pace, 1),
+                            round(c.last_done - run.started, 3) if c.last_done else None]
+                           for key in CONTRACT_KEYS for c in [snap.phase(key).counts]},
             })  # fmt: skip
             if p.overall_status in TERMINAL:
                 return

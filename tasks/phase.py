@@ -350,8 +350,8 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             if row["status"] != "indexed":
                 log.warning("%s %s: %s", row["status"], row["path"], row["reason"])
         processed, skipped, failed = processed + n_ok, skipped + n_skip, failed + n_fail
+        fill()  # before publishing, so the counts say what is in flight now
         reporter.advance(processed=n_ok, skipped=n_skip, failed=n_fail)
-        fill()
     reporter.finish()
     return PhaseSummary(
         phase=phase.name,

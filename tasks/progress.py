@@ -121,6 +121,7 @@ class ProgressReporter:
     _held: bool = False  # counts changed since the last publish, held back by the throttle
     _work_done: int = 0
     _first: tuple[float, int] | None = None  # when the first items finished; items done then
+    _steady: tuple[float, int] | None = None  # the same when the ramp's items had finished
     _last_done: float = 0.0  # time.monotonic() when items last finished
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -177,6 +178,8 @@ class ProgressReporter:
             self._last_done = time.monotonic()
         if first:
             self._first = (self._last_done, self._work_done)
+        if n > 0 and self._steady is None and self.ramp and self._work_done >= self.ramp:
+            self._steady = (self._last_done, self._work_done)
         # The first results are news (start-up is over): say so now, not a throttle later.
         if first or time.monotonic() - self._last_publish >= self.interval_s:
             self.publish()
@@ -214,12 +217,18 @@ class ProgressReporter:
         return time.time() - (time.monotonic() - mono) if mono else 0.0
 
     def pace(self) -> float:
-        """Items a minute from the first finished items to the last: the steady pace,
-        which says where the work is between two batches (0 until two have finished)."""
-        if self._first is None or self._work_done <= self._first[1]:
+        """Items a minute since the ramped first batches (`ramp` items) had finished, to
+        the last finished: the steady pace, which says where the work is between two
+        batches. From the first finished items until one batch has finished after the
+        ramp (the small batches each pay a batch's fixed costs: their pace is slower);
+        0 until two batches have finished."""
+        since = self._steady
+        if since is None or self._work_done <= since[1]:
+            since = self._first
+        if since is None or self._work_done <= since[1]:
             return 0.0
-        span = self._last_done - self._first[0]
-        return 60.0 * (self._work_done - self._first[1]) / span if span > 0 else 0.0
+        span = self._last_done - since[0]
+        return 60.0 * (self._work_done - since[1]) / span if span > 0 else 0.0
 
     def set_stage(self, stage: str) -> None:
         """Say what the phase does before its items are in flight, and publish it now."""

@@ -464,16 +464,22 @@ def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
     assert late.phases.training.message == "Starting the session"
 
 
-def test_work_by_the_clock_never_passes_the_photos_in_flight() -> None:
-    """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20.
-    Its start-up took 4 s, not the calibrated 2: that is now a fact, and counts as one."""
+def test_work_by_the_clock_leaves_the_photos_not_in_flight_to_do() -> None:
+    """Embed began 10 s ago (expected 6 s of work), but only 2 done and 2 in flight of 20:
+    the 16 not in flight are still to do (4.8 s at the calibrated cost). Its start-up took
+    4 s, not the calibrated 2: that is now a fact, and counts as one. A phase at work is
+    measured in time: what it has taken, and what is left."""
     counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(10).timestamp())
     embed = PhaseSnapshot(run=running(12), counts=counts, artifact_updated=ago(1))
     result = calc(starting("warm", 14.0, parent="RUNNING", training=embed), TIMED)
-    training = (4.0 + 6.0 * 4 / 20) / 10.0
+    left = 6.0 * 16 / 20
+    training = 14.0 / (14.0 + left)
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
-    assert result.overall_progress.percentage == pytest.approx(100 * 10.0 * training / 14.5,
-                                                               abs=0.01)
+    # then faces 1 + 0.1 * 20 and clustering 0.5 + 0.01 * 100
+    assert result.overall_progress.percentage == pytest.approx(
+        100 * 14.0 / (14.0 + left + 3.0 + 1.5), abs=0.01
+    )
+    assert result.overall_progress.eta_seconds == round(left + 3.0 + 1.5)
 
 
 def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
@@ -483,7 +489,7 @@ def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
                     per_minute=9.0, pace=12.0, last_done=ago(3).timestamp())
     embed = PhaseSnapshot(run=running(22), counts=counts, artifact_updated=ago(3))
     result = calc(starting("warm", 24.0, parent="RUNNING", training=embed), TIMED)
-    training = (4.0 + 18.0 * 40.6 / 60) / 22.0  # start-up took 4 s; 0.3 s a photo to come
+    training = 24.0 / (24.0 + 19.4 * 5.0)  # 24 s taken (start-up 4 s); 5 s a photo to come
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
     # time left: 19.4 photos at the measured 12 a minute, then faces (1 + 0.1 * 60) and
     # clustering (0.5 + 0.01 * 100)
@@ -505,7 +511,7 @@ def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None
     embed = PhaseSnapshot(run=running(10), counts=counts, artifact_updated=ago(1.5))
     result = calc(starting("warm", 10.0, parent="RUNNING", training=embed), TIMED)
     position = 2 + 1.5 / 0.3  # 7 of 20
-    training = (2.0 + 6.0 * position / 20) / 8.0
+    training = 10.0 / (10.0 + (20 - position) * 0.3)
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
     assert result.overall_progress.eta_seconds == pytest.approx(
         (20 - position) * 0.3 + 3.0 + 1.5, abs=1
@@ -517,7 +523,7 @@ def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
                     pace=12.0, last_done=ago(50).timestamp())
     embed = PhaseSnapshot(run=running(62), counts=counts, artifact_updated=ago(50))
     result = calc(starting("warm", 64.0, parent="RUNNING", training=embed), TIMED)
-    training = (4.0 + 6.0 * 4 / 20) / 10.0
+    training = 64.0 / (64.0 + 16 * 5.0)  # 16 photos not in flight, at the measured pace
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
 
 

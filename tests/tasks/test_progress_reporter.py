@@ -115,3 +115,23 @@ def test_counts_read_back_as_published() -> None:
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
                     ramp=31)  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
+
+
+def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished(
+    recorder: Recorder,
+) -> None:
+    """Small first batches each pay a batch's fixed costs: the steady pace starts after
+    them (here the first 3 items), so the time left is not too long."""
+    reporter = ProgressReporter("embed", total=10, interval_s=0.0, heartbeat_s=60, ramp=3)
+    reporter.start()
+    reporter.advance(processed=1)
+    time.sleep(0.6)  # the slow ramp: 2 more in 0.6 s
+    reporter.advance(processed=2)
+    ramp_only = recorder.updates[-1][1]
+    time.sleep(0.2)  # then 4 in 0.2 s
+    reporter.advance(processed=4)
+    counts = recorder.updates[-1][1]
+    reporter.stop()
+    assert ramp_only is not None and counts is not None
+    assert ramp_only.pace == pytest.approx(60.0 * 2 / 0.6, rel=0.35)  # nothing after it yet
+    assert counts.pace == pytest.approx(60.0 * 4 / 0.2, rel=0.35)  # not 6 in 0.8 s
