@@ -382,7 +382,7 @@ def _timed(
             return None
         counts, start = snap.phase(key).counts, _segment_start(key, snap)
         overhead = (
-            timeline.startup(snap.launch)[0] if key == FIRST
+            _startup(snap, timeline, start) if key == FIRST
             else timeline.overhead_s.get(key, 0.0)
         )  # fmt: skip
         if start is not None and counts is not None and counts.work_started > 0:
@@ -418,6 +418,22 @@ def _timed(
     whole = sum(expected.values()) or 1.0
     shares = {key: expected[key] / whole for key in PHASES}
     return _Timed(fractions, shares, sum(left.values()))
+
+
+def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) -> float:
+    """The session's start-up as it stands: measured up to the last milestone it reached
+    (its run Running, its first phase's run started), calibrated from there on. A first
+    process after a reboot imports from a cold page cache, and pays it in every part: a
+    session that reaches a milestone early or late is not held to the calibrated sum."""
+    parts, _ = timeline.startup(snap.launch)
+    expected = sum(parts)
+    if start is None:
+        return expected
+    for reached, when in enumerate((snap.parent.start_time, _run(snap, FIRST).start_time)):
+        if when is None:
+            break
+        expected = max(0.0, (when - start).total_seconds()) + sum(parts[reached + 1 :])
+    return expected
 
 
 def _steady_pace(counts: Counts) -> float:

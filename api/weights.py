@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from prefect.client.schemas.objects import FlowRun
 
@@ -26,30 +27,48 @@ MIN_FRESH_SHARE = 0.5
 """A session calibrates only if at least this share of its images was new work, not reused."""
 
 
+STARTUP_MILESTONES = ("session running", "first phase running", "work started")
+"""What a session reaches in its start-up, in order, after the user asked: its run goes
+Running (the process started and claimed it), its first phase's run starts (the parent
+flow is set up), and that phase's first batch goes in flight (imports, model load,
+discovery and hashing are done)."""
+
+StartupParts = tuple[float, float, float]
+"""Seconds from the request to the first milestone, and from each milestone to the next."""
+
+
 @dataclass(frozen=True)
 class Timeline:
     """A session's time, measured on sessions finished earlier, in the parts it is made of.
 
-    Start-up runs from the session's creation to the embed phase's first batch in flight
+    Start-up runs from the user's request to the embed phase's first batch in flight
     (process start, imports, model load, discovery and hashing); it differs by launch
-    route (a warm indexer or a new process), so it is kept per route. Each later phase
-    has an overhead (from the previous phase's end to its first batch) and then a cost
-    per unit of work: a photo to do for embed and faces, a library photo for clustering.
+    route (a warm indexer or a new process), so it is kept per route, in the parts its
+    milestones cut it into: once a session has reached one, only the parts after it are
+    still to come. Each later phase has an overhead (from the previous phase's end to
+    its first batch) and then a cost per unit of work: a photo to do for embed and
+    faces, a library photo for clustering.
     """
 
-    startup_s: Mapping[str, float]
+    startup_parts_s: Mapping[str, StartupParts]
     overhead_s: Mapping[str, float]
     per_unit_s: Mapping[str, float]
     sessions: int = 0
 
-    def startup(self, route: str) -> tuple[float, str]:
-        """Start-up seconds for a route, and the route they were measured on."""
-        if route in self.startup_s:
-            return self.startup_s[route], route
-        if not self.startup_s:
-            return 0.0, ""
-        other = max(self.startup_s, key=lambda r: self.startup_s[r])
-        return self.startup_s[other], other
+    @property
+    def startup_s(self) -> dict[str, float]:
+        """Whole start-up seconds per route."""
+        return {route: sum(parts) for route, parts in self.startup_parts_s.items()}
+
+    def startup(self, route: str) -> tuple[StartupParts, str]:
+        """Start-up parts for a route, and the route they were measured on: the slowest
+        measured route stands in for one never measured."""
+        if route in self.startup_parts_s:
+            return self.startup_parts_s[route], route
+        if not self.startup_parts_s:
+            return (0.0, 0.0, 0.0), ""
+        other = max(self.startup_parts_s, key=lambda r: sum(self.startup_parts_s[r]))
+        return self.startup_parts_s[other], other
 
 
 @dataclass(frozen=True)
@@ -182,7 +201,7 @@ def _routed(
     measured = _measure([p for p, _ in same], [phases for _, phases in same]) if same else None
     if measured is None or not measured.per_unit_s.keys() >= pooled.per_unit_s.keys():
         return every, pooled
-    return [phases for _, phases in same], replace(measured, startup_s=pooled.startup_s)
+    return [phases for _, phases in same], replace(measured, startup_parts_s=pooled.startup_parts_s)
 
 
 def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timeline | None:
@@ -192,7 +211,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     batch in flight) and where each phase run ended; sessions whose artifacts predate
     these counts are left out.
     """
-    startup: dict[str, list[float]] = {}
+    startup: dict[str, list[StartupParts]] = {}
     overhead: dict[str, list[float]] = {}
     spent: dict[str, float] = {}
     units: dict[str, float] = {}
@@ -213,10 +232,12 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
             last = key == PHASES[-1] or PHASES[PHASES.index(key) + 1] not in runs
             stop = end.timestamp() if last else run_end.timestamp()
             began = counts.work_started if counts.work_started > 0 else stop
-            bucket = startup.setdefault(launch_route(parent.tags), []) if key == PHASES[0] else (
-                overhead.setdefault(key, [])
-            )
-            bucket.append(max(0.0, began - segment_start))
+            if key == PHASES[0]:
+                milestones = (utc(parent.start_time), utc(run.start_time))
+                parts = startup_parts(segment_start, milestones, began)
+                startup.setdefault(launch_route(parent.tags), []).append(parts)
+            else:
+                overhead.setdefault(key, []).append(max(0.0, began - segment_start))
             n = embed.total if BY_CONTRACT[key].units == "library" else counts.todo
             if counts.work_started > 0 and n > 0:
                 spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
@@ -225,8 +246,27 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     if not used or not startup:
         return None
     return Timeline(
-        startup_s={route: sum(v) / len(v) for route, v in startup.items()},
+        startup_parts_s={route: _mean_parts(v) for route, v in startup.items()},
         overhead_s={key: sum(v) / len(v) for key, v in overhead.items()},
         per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
         sessions=used,
     )
+
+
+def startup_parts(
+    asked: float, milestones: Sequence[datetime | None], began: float
+) -> StartupParts:
+    """A start-up cut at its milestones (epoch seconds from `asked` to `began`); a
+    milestone not known, or out of order, adds nothing to its part."""
+    cuts = [asked]
+    for when in milestones:
+        at = when.timestamp() if when is not None else cuts[-1]
+        cuts.append(min(max(at, cuts[-1]), max(began, cuts[-1])))
+    cuts.append(max(began, cuts[-1]))
+    first, second, third = (b - a for a, b in zip(cuts, cuts[1:], strict=False))
+    return first, second, third
+
+
+def _mean_parts(measured: Sequence[StartupParts]) -> StartupParts:
+    first, second, third = (sum(p[i] for p in measured) / len(measured) for i in range(3))
+    return first, second, third

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 from prefect.client.schemas.objects import Artifact, FlowRun
 
-from api.weights import calibrate, measure_timeline
+from api.weights import calibrate, measure_timeline, startup_parts
 from tasks.progress import Counts
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
@@ -58,12 +58,28 @@ def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() ->
     timeline = measure_timeline([cold[0], warm[0]], [cold[1], warm[1]])
     assert timeline is not None and timeline.sessions == 2
     assert timeline.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
-    assert timeline.startup("deployment") == (18.0, "cold")  # the slower route's, unmeasured
+    # cut where the run went Running (0.2 s) and where the embed run started (15 s)
+    assert timeline.startup_parts_s["cold"] == pytest.approx((0.2, 14.8, 3.0))
+    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.5))
+    assert timeline.startup("deployment") == timeline.startup("cold")  # the slower route's
+    assert timeline.startup("deployment")[1] == "cold"
     assert timeline.per_unit_s["training"] == pytest.approx((16.0 + 6.0) / 80)
     assert timeline.per_unit_s["faceDetection"] == pytest.approx((9.0 + 3.0) / 80)
     assert timeline.per_unit_s["clustering"] == pytest.approx(1.5 / 100)
     assert timeline.overhead_s["faceDetection"] == pytest.approx(1.5)
     assert timeline.overhead_s["clustering"] == pytest.approx((1.0 + 1.0) / 2)
+
+
+def test_milestones_out_of_order_add_nothing_to_their_part() -> None:
+    """An embed run that reports a start before its parent's (clock skew) or a first
+    batch: each part stays within the start-up, none is negative."""
+    asked = at(0.0).timestamp()
+    assert startup_parts(asked, (at(2.0), at(1.0)), at(10.0).timestamp()) == pytest.approx(
+        (2.0, 0.0, 8.0)
+    )
+    assert startup_parts(asked, (None, at(12.0)), at(10.0).timestamp()) == pytest.approx(
+        (0.0, 10.0, 0.0)
+    )
 
 
 def test_sessions_from_before_the_timeline_counts_are_left_out() -> None:
@@ -134,3 +150,5 @@ def test_start_up_counts_from_when_the_user_asked_when_the_launcher_says() -> No
     timeline = measure_timeline([cold[0]], [cold[1]])
     assert timeline is not None
     assert timeline.startup_s == {"cold": pytest.approx(14.0)}  # not 12 s from the run's creation
+    # its first part, to the run's claim, has the command's own 2 s in it
+    assert timeline.startup_parts_s["cold"] == pytest.approx((2.2, 0.8, 11.0))

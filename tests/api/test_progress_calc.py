@@ -403,7 +403,8 @@ def test_a_running_phase_moves_with_the_clock_but_never_past_its_work_in_flight(
 # --- the calibrated timeline: start-up counts from the session's creation ------------------
 
 TIMELINE = Timeline(
-    startup_s={"cold": 16.0, "warm": 2.0},
+    # cold: 3 s to the process's claim, 1 s to the embed run, 12 s of imports and model load
+    startup_parts_s={"cold": (3.0, 1.0, 12.0), "warm": (0.2, 0.3, 1.5)},
     overhead_s={"faceDetection": 1.0, "clustering": 0.5},
     per_unit_s={"training": 0.3, "faceDetection": 0.1, "clustering": 0.01},
     sessions=2,
@@ -455,6 +456,33 @@ def test_start_up_counts_from_when_the_user_asked() -> None:
     result = calc(asked, TIMED)
     assert result.overall_progress.percentage == pytest.approx(100 * 3.5 / 26.5, abs=0.01)
     assert result.overall_progress.eta_seconds == 23
+
+
+def test_a_milestone_reached_early_takes_its_lead_off_the_rest_of_start_up() -> None:
+    """A cold process that claimed its session 1 s after the request, not the calibrated
+    3 s (a warm page cache): at 4.2 s, 1 + 1 + 12 s of start-up are expected, not 16."""
+    early = starting("cold", 4.2, parent="RUNNING")
+    early = replace(early, parent=replace(early.parent, start_time=ago(3.2)))
+    result = calc(early, TIMED)
+    left = (14.0 - 4.2) + 0.3 * 20 + 3.0 + 1.5
+    assert result.overall_progress.eta_seconds == round(left)
+    assert result.overall_progress.percentage == pytest.approx(100 * 4.2 / (4.2 + left), abs=0.01)
+    assert result.phases.training.message == "Starting the session"
+
+
+def test_the_last_milestone_reached_counts_and_only_the_parts_after_it_are_to_come() -> None:
+    """The embed run started 9 s after the request (calibrated: 4 s): 9 s are a fact, the
+    12 s of imports and model load are still to come, so the ETA does not shrink by the
+    5 s the start-up is late."""
+    late = starting("cold", 10.0, parent="RUNNING",
+                    training=PhaseSnapshot(run=running(1.0), artifact_updated=ago(1.0)))
+    late = replace(late, parent=replace(late.parent, start_time=ago(8.0)))
+    result = calc(late, TIMED)
+    left = (9.0 + 12.0 - 10.0) + 0.3 * 20 + 3.0 + 1.5
+    assert result.overall_progress.eta_seconds == round(left)
+    assert result.overall_progress.percentage == pytest.approx(
+        100 * 10.0 / (10.0 + left), abs=0.01
+    )
 
 
 def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
