@@ -331,6 +331,9 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         batch = in_flight.pop(future)
         reporter.active -= len(batch)
         wait_s += time.monotonic() - tick
+        # The next batch reads while this one is written: a batch reads about as long as
+        # the one before it computes, so a late start leaves the model waiting.
+        fill()
         tick = time.monotonic()
         try:
             computed = future.result()
@@ -350,7 +353,6 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             if row["status"] != "indexed":
                 log.warning("%s %s: %s", row["status"], row["path"], row["reason"])
         processed, skipped, failed = processed + n_ok, skipped + n_skip, failed + n_fail
-        fill()  # before publishing, so the counts say what is in flight now
         reporter.advance(processed=n_ok, skipped=n_skip, failed=n_fail)
     reporter.finish()
     return PhaseSummary(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -31,6 +33,14 @@ class Recorder:
             raise ConnectionError("Prefect is down")
         if artifact_id in self.created:  # not a reporter an earlier test left behind
             self.updates.append((progress, Counts.parse(description)))
+
+    def published(self, n: int, within_s: float = 1.0) -> Counts | None:
+        """The counts of the `n`th update, once the reporter's thread has sent it (it
+        publishes in the background); None if it did not come within `within_s`."""
+        deadline = time.monotonic() + within_s
+        while len(self.updates) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.updates[n - 1][1] if len(self.updates) >= n else None
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Recorder:
         monkeypatch.setattr(progress, "create_progress_artifact", self.create)

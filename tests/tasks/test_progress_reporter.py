@@ -49,17 +49,19 @@ def test_the_first_results_are_published_at_once_then_throttled(recorder: Record
     reporter = ProgressReporter("embed", total=10, interval_s=60.0, heartbeat_s=60)
     reporter.start()
     reporter.reject(2)  # refused files: counted, but they are no results
-    rejected = recorder.updates[-1][1]
+    rejected = recorder.published(1, within_s=0.5)
     assert rejected is not None and rejected.skipped == 2 and rejected.last_done == 0.0
     reporter.advance(processed=1)
-    first = recorder.updates[-1][1]
+    first = recorder.published(2, within_s=0.5)
     assert first is not None and first.fresh == 3 and first.last_done > 0
     assert first.pace == 0.0, "one batch says nothing of the pace"
-    n = len(recorder.updates)
     time.sleep(0.2)
     reporter.advance(processed=2)
-    assert len(recorder.updates) == n, "later results wait for the throttle"
+    time.sleep(0.3)
+    assert len(recorder.updates) == 2, "later results wait for the throttle"
     reporter.stop()
+    held = recorder.published(3, within_s=0.5)
+    assert held is not None and held.fresh == 5, "the phase's end sends what was held"
 
 
 def test_results_held_by_the_throttle_are_published_when_it_allows(recorder: Recorder) -> None:
@@ -68,16 +70,15 @@ def test_results_held_by_the_throttle_are_published_when_it_allows(recorder: Rec
     reporter = ProgressReporter("embed", total=10, interval_s=0.4, heartbeat_s=60)
     reporter.start()
     reporter.advance(processed=1)  # the first results: published at once
-    n = len(recorder.updates)
+    first = recorder.published(1, within_s=0.2)
+    assert first is not None and first.current == 1
     reporter.advance(processed=2)  # held by the throttle
-    assert len(recorder.updates) == n
-    deadline = time.monotonic() + 2.0
-    while len(recorder.updates) == n and time.monotonic() < deadline:
-        time.sleep(0.02)
-    held = recorder.updates[-1][1]
+    time.sleep(0.1)
+    assert len(recorder.updates) == 1
+    held = recorder.published(2, within_s=2.0)
     assert held is not None and held.current == 3, "the held results were published"
     time.sleep(0.6)
-    assert len(recorder.updates) == n + 1, "nothing new: no more publishes before the heartbeat"
+    assert len(recorder.updates) == 2, "nothing new: no more publishes before the heartbeat"
     reporter.stop()
 
 
@@ -90,8 +91,9 @@ def test_the_pace_runs_from_the_first_results_to_the_last(recorder: Recorder) ->
     time.sleep(0.2)
     reporter.advance(processed=2)
     time.sleep(0.3)  # nothing finished since: the pace holds, it does not decay
+    n = len(recorder.updates)
     reporter.publish()
-    counts = recorder.updates[-1][1]
+    counts = recorder.published(n + 1)
     reporter.stop()
     assert counts is not None
     assert counts.pace == pytest.approx(60.0 * 2 / 0.2, rel=0.3)
@@ -127,10 +129,10 @@ def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished
     reporter.advance(processed=1)
     time.sleep(0.6)  # the slow ramp: 2 more in 0.6 s
     reporter.advance(processed=2)
-    ramp_only = recorder.updates[-1][1]
+    ramp_only = recorder.published(2)
     time.sleep(0.2)  # then 4 in 0.2 s
     reporter.advance(processed=4)
-    counts = recorder.updates[-1][1]
+    counts = recorder.published(3)
     reporter.stop()
     assert ramp_only is not None and counts is not None
     assert ramp_only.pace == pytest.approx(60.0 * 2 / 0.6, rel=0.35)  # nothing after it yet
