@@ -27,14 +27,11 @@ MIN_FRESH_SHARE = 0.5
 """A session calibrates only if at least this share of its images was new work, not reused."""
 
 
-STARTUP_MILESTONES = ("session running", "first phase running", "work started")
-"""What a session reaches in its start-up, in order, after the user asked: its run goes
-Running (the process started and claimed it), its first phase's run starts (the parent
-flow is set up), and that phase's first batch goes in flight (imports, model load,
-discovery and hashing are done)."""
-
 StartupParts = tuple[float, float, float]
-"""Seconds from the request to the first milestone, and from each milestone to the next."""
+"""A start-up in seconds, cut at the milestones a session reaches after the user asked:
+to its run going Running (the process started and claimed it), then to its first
+phase's run starting (the parent flow set up), then to that phase's first batch in
+flight (imports, model load, discovery and hashing done)."""
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Counts:
     work_started: float = 0.0  # epoch seconds when its first batch went in flight (0: not yet)
     stage: str = "working"  # a key of STAGES
     last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
-    pace: float = 0.0  # items a minute between the first and the last finished (0: not known)
+    pace: float = 0.0  # items a minute to the last finished, from the ramp's end (0: none)
     ramp: int = 0  # items of the small first batches and the first full one (pace not trusted)
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
 
