@@ -331,9 +331,6 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         batch = in_flight.pop(future)
         reporter.active -= len(batch)
         wait_s += time.monotonic() - tick
-        # The next batch reads while this one is written: a batch reads about as long as
-        # the one before it computes, so a late start leaves the model waiting.
-        fill()
         tick = time.monotonic()
         try:
             computed = future.result()
@@ -345,6 +342,9 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             outcome = BatchOutcome([phase.failure(item, err) for item in batch])
         else:
             ok_batches += 1
+            # The next batch reads while this one is written: a batch reads about as long
+            # as the one before it computes, so a late start leaves the model waiting.
+            fill()
             outcome = write_batch(phase, computed)
         phase.catalog.append("status", outcome.rows, name=phase.name)
         write_s += time.monotonic() - tick
@@ -353,6 +353,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             if row["status"] != "indexed":
                 log.warning("%s %s: %s", row["status"], row["path"], row["reason"])
         processed, skipped, failed = processed + n_ok, skipped + n_skip, failed + n_fail
+        fill()  # after a failed batch (after a good one, it filled before the write)
         reporter.advance(processed=n_ok, skipped=n_skip, failed=n_fail)
     reporter.finish()
     return PhaseSummary(
