@@ -95,17 +95,19 @@ class Run:
         values = [p for _, p, _, _ in self.samples]
         return any(b < a for a, b in zip(values, values[1:], strict=False))
 
+    def first_completed(self) -> float | None:
+        """When the progress first read `completed` (epoch seconds)."""
+        return next((t for t, _, _, status in self.samples if status == "completed"), None)
+
     def completion_lag(self) -> float | None:
-        done = [t for t, _, _, status in self.samples if status == "completed"]
-        return min(done) - self.last_phase_end if done else None
+        done = self.first_completed()
+        return None if done is None else done - self.last_phase_end
 
     def seen_done_s(self) -> float | None:
         """From the start to when its user knows it is done: the command returned (cold),
         or the progress first read `completed` (warm, as the API's clients see it)."""
-        if self.returned is not None:
-            return self.returned - self.started
-        done = [t for t, _, _, status in self.samples if status == "completed"]
-        return min(done) - self.started if done else None
+        done = self.returned if self.returned is not None else self.first_completed()
+        return None if done is None else done - self.started
 
 
 async def _sample(run: Run, period_s: float) -> None:
