@@ -305,10 +305,8 @@ class ProgressReporter:
 
     def finish(self) -> None:
         """Move the artifact to 100: the phase's last word, once its thread has stopped."""
-        self.stop()
+        self.stop()  # its thread has sent what was pending
         self.current = max(self.current, self.total)
-        with self._lock:
-            self._pending = None
         self._send(self.counts(done=True))
 
 
