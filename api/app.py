@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from api.routes import health, login, pages, persons, photos, progress, search, 
 from api.schemas import FieldError, ValidationErrorResponse
 from api.search import LibraryUnavailable, TextSearch
 from api.security import Doors, DoorsMiddleware
+from photoindex.launch import prepare as prepare_launch
 from photoindex.settings import Settings, get_settings
 from tasks.lock import LibraryBusy
 
@@ -135,6 +137,8 @@ def create_app(
         except PrefectUnavailable as err:
             # Serve anyway: progress endpoints answer 503 until Prefect is back.
             logger.warning("starting without Prefect: %s", err)
+        # What the first POST would import, imported now, without holding the start-up.
+        threading.Thread(target=prepare_launch, name="prepare-launch", daemon=True).start()
         yield
         await reader.aclose()
         searcher.close()

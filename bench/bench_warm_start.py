@@ -273,6 +273,9 @@ def start_indexer(log: Path) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"the warm indexer did not start; see {log}")
         time.sleep(0.5)
     print(f"warm indexer ready at {socket_path(get_settings())}")
+    from photoindex.launch import prepare
+
+    prepare()  # this process launches the warm sessions: it prepares as the API does at start
     return proc
 
 
