@@ -3,6 +3,7 @@ browser would: without its auth string, from a foreign origin, without a CSRF to
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -12,9 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_URL,
+    PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
+    temporary_settings,
+)
 
+from api.prefect_reader import PrefectReader
 from photoindex.prefect_server import (
     PrefectUnavailable,
     auth_string,
@@ -119,6 +126,31 @@ def test_photoindex_processes_use_it_with_the_exported_auth_string(server: Serve
         with get_client(sync_client=True) as client:  # it fetches its CSRF token itself
             flow_id = client.create_flow_from_name("photoindex-auth-check")
             assert client.read_flow(flow_id).name == "photoindex-auth-check"
+
+
+def test_the_readers_requests_sent_together_share_one_csrf_token(server: Server) -> None:
+    """Prefect's client fetches a CSRF token for each request sent together that finds
+    none; the server keeps the last and refuses the others (retried 2 s later)."""
+    answers: list[tuple[str, int]] = []
+
+    async def record(response: httpx.Response) -> None:
+        answers.append((response.request.url.path, response.status_code))
+
+    def client() -> PrefectClient:
+        hooks = {"event_hooks": {"response": [record]}}
+        return PrefectClient(server.url, auth_string=server.auth, httpx_settings=hooks)
+
+    async def reads(reader: PrefectReader) -> None:
+        async with reader.connected():
+            await asyncio.gather(
+                *(reader.call(lambda c: c.read_flow_runs(limit=1)) for _ in range(4))
+            )
+
+    with temporary_settings(updates={PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: True}):
+        asyncio.run(reads(PrefectReader(server.settings, client_factory=client)))
+    assert [path for path, status in answers if status == 403] == []
+    assert [path for path, _ in answers].count("/api/csrf-token") == 1
+    assert [path for path, _ in answers].count("/api/flow_runs/filter") == 4
 
 
 def test_a_server_of_another_data_folder_is_not_reused(server: Server, tmp_path: Path) -> None:
