@@ -84,8 +84,18 @@ def watch_session(
     session_id: UUID, poll_s: float = 1.0, runner: subprocess.Popen[bytes] | None = None
 ) -> UnifiedProgressResponse:
     """Show one live bar of the session's unified progress until it ends."""
-    from api.prefect_reader import get_unified_progress
+    return asyncio.run(_watch(session_id, poll_s, runner))
 
+
+async def _watch(
+    session_id: UUID, poll_s: float, runner: subprocess.Popen[bytes] | None
+) -> UnifiedProgressResponse:
+    """The bar's loop, on one event loop and one Prefect client: a client per poll cost a
+    CSRF token (a database write) and every read again, competing with the session it
+    shows, whose writes the server then refused now and then (SQLite busy, retried 2 s later)."""
+    from api.prefect_reader import default_reader
+
+    reader = default_reader()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -97,35 +107,36 @@ def watch_session(
     ) as bar:
         task = bar.add_task("starting", total=100.0, detail="")
         finished_polls = 0
-        while True:
-            progress = asyncio.run(get_unified_progress(session_id))
-            overall = progress.overall_progress
-            spec = BY_NAME.get(overall.current_phase)
-            phase_key = spec.contract if spec is not None else None
-            detail = _fmt_eta(overall.eta_seconds)
-            if phase_key is not None:
-                p = getattr(progress.phases, phase_key).progress
-                rate = f" {p.images_per_minute:.0f}/min" if p.images_per_minute else ""
-                detail = f"{p.current}/{p.total}{rate}  {detail}"
-            bar.update(
-                task,
-                completed=overall.percentage,
-                description=PHASE_LABELS.get(overall.current_phase, overall.current_phase),
-                detail=detail,
-            )
-            # Our own session process still runs: "failed" from silence is not its last word.
-            if progress.overall_status in TERMINAL and (
-                runner is None or runner.poll() is not None
-            ):
-                return progress
-            # A session run by our own process ends when it does; another one when it stalls.
-            if runner is not None and runner.poll() is not None and finished_polls > 0:
-                return progress
-            if runner is not None and runner.poll() is not None:
-                finished_polls += 1
-            if runner is None and progress.overall_status == "stalled":
-                return progress
-            time.sleep(poll_s)
+        async with reader.connected():
+            while True:
+                progress = await reader.unified(session_id)
+                overall = progress.overall_progress
+                spec = BY_NAME.get(overall.current_phase)
+                phase_key = spec.contract if spec is not None else None
+                detail = _fmt_eta(overall.eta_seconds)
+                if phase_key is not None:
+                    p = getattr(progress.phases, phase_key).progress
+                    rate = f" {p.images_per_minute:.0f}/min" if p.images_per_minute else ""
+                    detail = f"{p.current}/{p.total}{rate}  {detail}"
+                bar.update(
+                    task,
+                    completed=overall.percentage,
+                    description=PHASE_LABELS.get(overall.current_phase, overall.current_phase),
+                    detail=detail,
+                )
+                # Our own session process still runs: "failed" from silence is not its last word.
+                if progress.overall_status in TERMINAL and (
+                    runner is None or runner.poll() is not None
+                ):
+                    return progress
+                # A session run by our own process ends when it does; another one when it stalls.
+                if runner is not None and runner.poll() is not None and finished_polls > 0:
+                    return progress
+                if runner is not None and runner.poll() is not None:
+                    finished_polls += 1
+                if runner is None and progress.overall_status == "stalled":
+                    return progress
+                await asyncio.sleep(poll_s)
 
 
 def _report(progress: UnifiedProgressResponse) -> None:

@@ -219,3 +219,11 @@ def test_the_catalog_file_answers_plain_duckdb(first: Run) -> None:
     finally:
         con.close()
     assert images > 20 and faces > 10 and persons >= 8
+
+
+def test_the_cli_bar_follows_a_session_to_its_end(first: Run) -> None:
+    from photoindex.cli import watch_session
+
+    progress = watch_session(first.session_id, poll_s=0.01)
+    assert progress.overall_status == "completed"
+    assert progress.overall_progress.percentage == 100.0
