@@ -8,6 +8,7 @@ fetches the finished sessions (`api.prefect_reader`).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -243,8 +244,8 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     if not used or not startup:
         return None
     return Timeline(
-        startup_parts_s={route: _mean_parts(v) for route, v in startup.items()},
-        overhead_s={key: sum(v) / len(v) for key, v in overhead.items()},
+        startup_parts_s={route: _median_parts(v) for route, v in startup.items()},
+        overhead_s={key: statistics.median(v) for key, v in overhead.items()},
         per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
         sessions=used,
     )
@@ -264,6 +265,10 @@ def startup_parts(
     return first, second, third
 
 
-def _mean_parts(measured: Sequence[StartupParts]) -> StartupParts:
-    first, second, third = (sum(p[i] for p in measured) / len(measured) for i in range(3))
+def _median_parts(measured: Sequence[StartupParts]) -> StartupParts:
+    """Each part's median over the sessions: a session that lost 2 s to a refused write
+    (Prefect's SQLite server answers 503 now and then, and its client retries 2 s later)
+    or to a cold page cache does not set the next sessions' estimate, once three or more
+    sessions are known (with one or two it is their mean)."""
+    first, second, third = (statistics.median(p[i] for p in measured) for i in range(3))
     return first, second, third

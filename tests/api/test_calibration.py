@@ -152,3 +152,23 @@ def test_start_up_counts_from_when_the_user_asked_when_the_launcher_says() -> No
     assert timeline.startup_s == {"cold": pytest.approx(14.0)}  # not 12 s from the run's creation
     # its first part, to the run's claim, has the command's own 2 s in it
     assert timeline.startup_parts_s["cold"] == pytest.approx((2.2, 0.8, 11.0))
+
+
+def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> None:
+    """Of three warm sessions, one lost 2.4 s before its faces phase (a write the Prefect
+    server refused, retried 2 s later) and started 2 s late: the median keeps the others'."""
+    def warm(t0: float, late: float, stall: float) -> tuple[
+        FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]
+    ]:
+        return session("warm", t0, {
+            "training": (t0 + 0.5, t0 + 7.0 + late, counts(20, t0 + 1.0 + late)),
+            "faceDetection": (t0 + 7.2 + late + stall, t0 + 11.0 + late + stall,
+                              counts(20, t0 + 8.0 + late + stall)),
+            "clustering": (t0 + 11.1 + late + stall, t0 + 12.0 + late + stall, counts(1, None)),
+        }, end=t0 + 12.0 + late + stall)  # fmt: skip
+
+    sessions = [warm(0.0, 0.0, 0.0), warm(100.0, 2.0, 2.4), warm(200.0, 0.0, 0.0)]
+    timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
+    assert timeline is not None and timeline.sessions == 3
+    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.5))
+    assert timeline.overhead_s["faceDetection"] == pytest.approx(1.0)
