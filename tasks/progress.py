@@ -304,10 +304,13 @@ class ProgressReporter:
             logger.warning("progress not published (%s): %s", self.phase, err)
 
     def finish(self) -> None:
-        """Move the artifact to 100: the phase's last word, once its thread has stopped."""
-        self.stop()  # its thread has sent what was pending
+        """Move the artifact to 100: the phase's last word, sent by its thread as it stops,
+        in place of counts the throttle still held (one write less a phase: the Prefect
+        server on SQLite refuses a write now and then when writes come together)."""
         self.current = max(self.current, self.total)
-        self._send(self.counts(done=True))
+        with self._lock:
+            self._pending, self._urgent = self.counts(done=True), True
+        self.stop()
 
 
 def publish_session(session_id: UUID, counts: Counts | None = None, stage: str = "") -> None:

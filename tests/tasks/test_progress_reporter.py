@@ -137,3 +137,15 @@ def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished
     assert ramp_only is not None and counts is not None
     assert ramp_only.pace == pytest.approx(60.0 * 2 / 0.6, rel=0.35)  # nothing after it yet
     assert counts.pace == pytest.approx(60.0 * 4 / 0.2, rel=0.35)  # not 6 in 0.8 s
+
+
+def test_finish_is_sent_in_place_of_the_counts_the_throttle_held(recorder: Recorder) -> None:
+    reporter = ProgressReporter("embed", total=3, interval_s=60.0, heartbeat_s=60)
+    reporter.start()
+    reporter.advance(processed=1)  # the first results: published at once
+    assert recorder.published(1, within_s=0.5) is not None
+    reporter.advance(processed=2)  # held by the throttle
+    reporter.finish()
+    assert len(recorder.updates) == 2, "the held counts were superseded, not sent first"
+    last = recorder.updates[-1][1]
+    assert last is not None and last.done and last.current == 3
