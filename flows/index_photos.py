@@ -68,11 +68,11 @@ def tidy(settings: Settings) -> None:
     """Housekeeping after the work, bounded by the PHOTOINDEX_GC_* settings: compact the
     catalog's parts, delete expired batch results and old runs, rotate logs. A failure
     here is logged; it never costs the session its result."""
-    from tasks.housekeeping import housekeeping
+    from tasks.housekeeping import PRUNE_EVERY_S, housekeeping
 
     log = get_run_logger()
     try:
-        summary = housekeeping(settings)
+        summary = housekeeping(settings, prune_every_s=PRUNE_EVERY_S)
     except OSError as err:
         log.warning("housekeeping skipped: %s", err)
         return

@@ -160,19 +160,15 @@ class WarmIndexer:
         logger.info("warm: models loaded in %.1f s, first passes %.1f s", loaded, passes)
 
     def _tidy_prefect(self) -> None:
-        """Prune Prefect's old runs now, as each session does as it ends: the first session
-        of the process then does not pay the first async client, and the filter models
-        pydantic builds on first use (measured: its end came 0.2-0.4 s later)."""
-        import asyncio
-        from datetime import timedelta
-
+        """Prune Prefect's old runs as the service starts (sessions then look at most
+        hourly): the first session also no longer pays the first async client and the
+        filter models pydantic builds on first use."""
         import httpx
 
-        from tasks.housekeeping import prune_flow_runs
+        from tasks.housekeeping import prune_runs
 
-        keep = timedelta(days=self.settings.gc_keep_runs_days)
         try:
-            asyncio.run(prune_flow_runs(keep, self.settings.gc_max_run_deletions))
+            prune_runs(self.settings)
         except httpx.HTTPError as err:  # the Prefect API is away: the sessions will prune
             logger.warning("could not prune old flow runs: %s", err)
 

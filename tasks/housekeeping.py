@@ -40,6 +40,10 @@ APPENDED_TABLES = {
     "faces": "PARTITION BY face_id ORDER BY indexed_at DESC",
 }
 FINAL_STATES = ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]
+PRUNE_EVERY_S = 3600.0
+"""A session's housekeeping looks for old flow runs at most this often per data folder:
+they are kept for days, and the look costs the Prefect server a write (a new client's CSRF
+token) at the end of every session, where its SQLite refuses a write now and then."""
 SESSION_LOG_GLOB = "session-*.log"
 
 
@@ -51,6 +55,7 @@ class HousekeepingSummary:
     results_deleted: int = 0
     results_bytes: int = 0
     runs_deleted: int = 0
+    runs_looked_at: bool = True  # False: looked for less than PRUNE_EVERY_S ago
     logs_rotated: list[str] = field(default_factory=list)
     logs_deleted: int = 0
     temps_deleted: int = 0
@@ -65,7 +70,10 @@ class HousekeepingSummary:
             f"deleted {self.results_deleted} expired batch results "
             f"({self.results_bytes / 1e6:.1f} MB)"
         )
-        out.append(f"deleted {self.runs_deleted} finished flow runs and their task runs")
+        if self.runs_looked_at:
+            out.append(f"deleted {self.runs_deleted} finished flow runs and their task runs")
+        else:
+            out.append("old flow runs: looked for less than an hour ago")
         out += [f"rotated {name}" for name in self.logs_rotated]
         out.append(f"deleted {self.logs_deleted} old session logs")
         if self.temps_deleted:
@@ -74,11 +82,14 @@ class HousekeepingSummary:
         return out
 
 
-def housekeeping(settings: Settings, results_dir: Path | None = None) -> HousekeepingSummary:
+def housekeeping(
+    settings: Settings, results_dir: Path | None = None, prune_every_s: float = 0.0
+) -> HousekeepingSummary:
     """Compact the catalog, delete expired results and old runs, rotate logs.
 
     `results_dir` defaults to Prefect's result storage of this process
-    (`PREFECT_RESULTS_LOCAL_STORAGE_PATH`, by default `$PREFECT_HOME/storage`).
+    (`PREFECT_RESULTS_LOCAL_STORAGE_PATH`, by default `$PREFECT_HOME/storage`). Old runs
+    are looked for unless that was done less than `prune_every_s` ago.
     """
     summary = HousekeepingSummary()
     summary.temps_deleted = delete_interrupted_writes(settings)
@@ -97,11 +108,12 @@ def housekeeping(settings: Settings, results_dir: Path | None = None) -> Houseke
         results_dir, timedelta(days=settings.gc_keep_results_days)
     )
     try:
-        keep_runs = timedelta(days=settings.gc_keep_runs_days)
-        pruned = prune_flow_runs(keep_runs, settings.gc_max_run_deletions)
-        summary.runs_deleted = asyncio.run(pruned)
+        deleted = prune_runs(settings, prune_every_s)
     except httpx.HTTPError as err:
         summary.skipped.append(f"pruning flow runs: the Prefect API is unreachable ({err})")
+    else:
+        summary.runs_looked_at = deleted is not None
+        summary.runs_deleted = deleted or 0
     rotated, deleted = rotate_logs(settings)
     summary.logs_rotated, summary.logs_deleted = rotated, deleted
     return summary
@@ -164,6 +176,22 @@ def delete_expired_results(results_dir: Path, keep: timedelta) -> tuple[int, int
             path.unlink()
             files += 1
     return files, n_bytes
+
+
+def prune_runs(settings: Settings, every_s: float = 0.0) -> int | None:
+    """Delete the data folder's old flow runs (`prune_flow_runs` within the settings'
+    bounds) unless that was done less than `every_s` ago; how many, None when not due."""
+    marker = settings.data_dir / "cache" / "runs-pruned"  # its time is the last look
+    try:
+        if time.time() - marker.stat().st_mtime < every_s:
+            return None
+    except FileNotFoundError:
+        pass
+    keep = timedelta(days=settings.gc_keep_runs_days)
+    deleted = asyncio.run(prune_flow_runs(keep, settings.gc_max_run_deletions))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return deleted
 
 
 async def prune_flow_runs(keep: timedelta, limit: int) -> int:

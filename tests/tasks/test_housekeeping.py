@@ -24,10 +24,13 @@ from photoindex.prefect_server import ensure_prefect_api, stop_server
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog, now_utc, status_row
 from tasks.housekeeping import (
+    PRUNE_EVERY_S,
     compact,
     delete_expired_results,
     delete_interrupted_writes,
+    housekeeping,
     prune_flow_runs,
+    prune_runs,
     rotate_logs,
 )
 from tasks.integrity import check_integrity
@@ -167,6 +170,18 @@ def test_old_runs_of_photoindex_flows_are_pruned_within_the_limit(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids_of_ours))
             )
             assert task_runs == []  # they went with their flow runs
+
+
+def test_a_sessions_housekeeping_looks_for_old_runs_at_most_hourly(
+    server: tuple[Settings, dict[Any, str]],
+) -> None:
+    settings, updates = server
+    with temporary_settings(updates=updates):
+        assert prune_runs(settings) is not None  # as the warm indexer starts, or `gc`
+        summary = housekeeping(settings, prune_every_s=PRUNE_EVERY_S)  # a session's end
+        assert not summary.runs_looked_at
+        assert "old flow runs: looked for less than an hour ago" in summary.lines()
+        assert housekeeping(settings).runs_looked_at  # `photoindex gc`: always
 
 
 def test_photoindex_gc_runs_it_all(server: tuple[Settings, dict[Any, str]]) -> None:
