@@ -311,6 +311,10 @@ class ProgressReporter:
         with self._lock:
             self._pending, self._urgent = self.counts(done=True), True
         self.stop()
+        with self._lock:
+            left = self._pending
+        if left is not None:  # no thread sent it (the reporter never started)
+            self._send(left)
 
 
 def publish_session(session_id: UUID, counts: Counts | None = None, stage: str = "") -> None:

@@ -149,3 +149,10 @@ def test_finish_is_sent_in_place_of_the_counts_the_throttle_held(recorder: Recor
     assert len(recorder.updates) == 2, "the held counts were superseded, not sent first"
     last = recorder.updates[-1][1]
     assert last is not None and last.done and last.current == 3
+
+
+def test_finish_is_sent_by_a_reporter_whose_thread_never_started(recorder: Recorder) -> None:
+    reporter = ProgressReporter("cluster", total=2)
+    reporter.finish()
+    assert recorder.updates and recorder.updates[-1][1] is not None
+    assert recorder.updates[-1][1].done and recorder.updates[-1][1].current == 2
