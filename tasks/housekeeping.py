@@ -108,12 +108,12 @@ def housekeeping(
         results_dir, timedelta(days=settings.gc_keep_results_days)
     )
     try:
-        deleted = prune_runs(settings, prune_every_s)
+        pruned = prune_runs(settings, prune_every_s)
     except httpx.HTTPError as err:
         summary.skipped.append(f"pruning flow runs: the Prefect API is unreachable ({err})")
     else:
-        summary.runs_looked_at = deleted is not None
-        summary.runs_deleted = deleted or 0
+        summary.runs_looked_at = pruned is not None
+        summary.runs_deleted = pruned or 0
     rotated, deleted = rotate_logs(settings)
     summary.logs_rotated, summary.logs_deleted = rotated, deleted
     return summary

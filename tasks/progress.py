@@ -176,10 +176,10 @@ class ProgressReporter:
             self._wake.wait(max(0.0, min(wait - since, self.heartbeat_s)))
             self._wake.clear()
 
-    def _post(self, urgent: bool = False) -> None:
+    def _post(self, urgent: bool = False, done: bool = False) -> None:
         """Hand the current counts to the reporter's thread."""
         with self._lock:
-            self._pending = self.counts()
+            self._pending = self.counts(done)
             self._urgent = self._urgent or urgent
         self._wake.set()
 
@@ -308,8 +308,7 @@ class ProgressReporter:
         in place of counts the throttle still held (one write less a phase: the Prefect
         server on SQLite refuses a write now and then when writes come together)."""
         self.current = max(self.current, self.total)
-        with self._lock:
-            self._pending, self._urgent = self.counts(done=True), True
+        self._post(urgent=True, done=True)
         self.stop()
         with self._lock:
             left = self._pending
