@@ -24,11 +24,13 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -41,6 +43,7 @@ from bench.common import (
     prepare_process,
     seed_face_models,
     table,
+    tree_cpu_s,
     workbench,
 )
 from photoindex.phases import CONTRACT_KEYS
@@ -247,6 +250,48 @@ def warm(label: str, folder: Path, period_s: float) -> Run:
     return _finish(run)
 
 
+@dataclass
+class CpuUse:
+    """CPU seconds spent during one session by the process that ran it (the warm indexer,
+    or `photoindex index` with everything it started), the Prefect server, and this
+    benchmark's progress sampling."""
+
+    session: float
+    server: float | None
+    sampler: float
+
+    def line(self, run: Run) -> str:
+        parts = [f"session {self.session:.1f}", f"sampler {self.sampler:.1f}"]
+        total = self.session + self.sampler
+        if self.server is not None:
+            parts.insert(1, f"Prefect server {self.server:.1f}")
+            total += self.server
+        share = 100 * total / (run.wall_s * (os.cpu_count() or 1))
+        return (f"{run.label}: {' + '.join(parts)} = {total:.1f} CPU s in {run.wall_s:.1f} s "
+                f"({share:.0f} % of {os.cpu_count()} cores)")  # fmt: skip
+
+
+def measure_cpu(
+    start: Callable[[], Run], server: int | None, indexer: int | None
+) -> tuple[Run, CpuUse]:
+    """Run one session and count the CPU each process spent on it. Without `indexer`, the
+    session ran in a child process this one has reaped (`photoindex index --cold`)."""
+
+    def now() -> tuple[float, float, float | None, float | None]:
+        own, reaped = (resource.getrusage(who) for who in
+                       (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # fmt: skip
+        return (own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime,
+                None if server is None else tree_cpu_s(server),
+                None if indexer is None else tree_cpu_s(indexer))  # fmt: skip
+
+    before = now()
+    run = start()
+    after = now()
+    session = after[1] - before[1] if indexer is None else (after[3] or 0) - (before[3] or 0)
+    spent = None if server is None else (after[2] or 0) - (before[2] or 0)
+    return run, CpuUse(session, spent, after[0] - before[0])
+
+
 def wipe(data: Path) -> None:
     """A fresh catalog, vectors, crops and persisted batch results (models and Prefect's
     history stay), so the next session computes everything again."""
@@ -334,7 +379,11 @@ def main() -> None:
         wipe(data)
         runs.append(warm_b := warm("warm measured (B)", set_b, args.period))
         add_new(set_b, extra, args.new)
-        runs.append(warm_inc := warm(f"warm +{args.new} new", set_b, args.period))
+        server = None if bench.server is None else bench.server.pid
+        warm_inc, warm_cpu = measure_cpu(
+            lambda: warm(f"warm +{args.new} new", set_b, args.period), server, indexer.pid
+        )
+        runs.append(warm_inc)
         shutil.rmtree(set_b / "new")
         warm("(reset: forget the new photos)", set_b, args.period)
         add_new(set_b, extra, args.new)
@@ -343,7 +392,10 @@ def main() -> None:
     finally:
         indexer.terminate()
         indexer.wait()
-    runs.append(cold_inc := cold(f"cold +{args.new} new", set_b, args.period))
+    cold_inc, cold_cpu = measure_cpu(
+        lambda: cold(f"cold +{args.new} new", set_b, args.period), server, None
+    )
+    runs.append(cold_inc)
 
     print("from the start to the first batch written, by Prefect's timestamps (s):")
     step_names = list(dict.fromkeys(k for r in runs for k in r.steps))
@@ -390,6 +442,8 @@ def main() -> None:
             f"after {cold_seen:.1f} s; the warm session read `completed` {warm_seen:.1f} s "
             f"after the POST = x{cold_seen / warm_seen:.2f}"
         )
+    print("CPU during the incremental sessions (the machine's floor for their wall time):")
+    print(f"  {warm_cpu.line(warm_inc)}\n  {cold_cpu.line(cold_inc)}")
     print(f"warm indexer RSS: {mb(memory[0])} with models loaded, {mb(memory[1])} after "
           "unloading them (what PHOTOINDEX_MODEL_IDLE_S idle does)")
     w_err = [abs(e) for e in warm_b.errors()]
