@@ -281,28 +281,37 @@ class PrefectReader:
             name = self._flow_names[flow_id] = flow.name
         return name
 
+    async def _session_run(self, session_id: UUID, run: FlowRun | None) -> FlowRun:
+        """`run` if it is the session `session_id` (an `index-photos` run), else 404."""
+        if run is None:
+            raise SessionNotFound(f"Session not found: {session_id}")
+        if await self._flow_name(run.flow_id) != SESSION_FLOW:
+            raise SessionNotFound(f"Session not found: {session_id} is not an {SESSION_FLOW} run")
+        return run
+
     async def _read_parent(self, session_id: UUID) -> FlowRun:
         try:
             parent = await self.call(lambda c: c.read_flow_run(session_id))
-        except ObjectNotFound as err:
-            raise SessionNotFound(f"Session not found: {session_id}") from err
-        if await self._flow_name(parent.flow_id) != SESSION_FLOW:
-            raise SessionNotFound(f"Session not found: {session_id} is not an {SESSION_FLOW} run")
-        return parent
+        except ObjectNotFound:
+            return await self._session_run(session_id, None)
+        return await self._session_run(session_id, parent)
 
     async def _read_children(self, session_id: UUID) -> list[FlowRun]:
         flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[session_id]))
         return await self.call(lambda c: c.read_flow_runs(flow_run_filter=flt))
 
+    async def _read_runs(self, session_id: UUID) -> tuple[FlowRun, list[FlowRun]]:
+        """The session's run and its phase runs, in one request."""
+        runs = await self.call(
+            lambda c: c.read_flow_runs(flow_run_filter=_session_and_phases(session_id))
+        )
+        parent = next((run for run in runs if run.id == session_id), None)
+        parent = await self._session_run(session_id, parent)
+        return parent, [run for run in runs if run.id != session_id]
+
     async def _read_artifacts(self, session_id: UUID) -> list[Artifact]:
         """The progress artifacts of the session's phase runs and of the session itself."""
-        runs = FlowRunFilter.model_validate(
-            {
-                "operator": Operator.or_,
-                "id": FlowRunFilterId(any_=[session_id]),
-                "parent_flow_run_id": FlowRunFilterParentFlowRunId(any_=[session_id]),
-            }
-        )
+        runs = _session_and_phases(session_id)
         artifacts = ArtifactFilter(
             type=ArtifactFilterType(any_=["progress"]),
             key=ArtifactFilterKey(any_=[*(p.artifact for p in BY_CONTRACT.values()),
@@ -323,6 +332,11 @@ class PrefectReader:
         children, artifacts = await asyncio.gather(
             self._read_children(session_id), self._read_artifacts(session_id)
         )
+        return await self._phases_from(session_id, children, artifacts)
+
+    async def _phases_from(
+        self, session_id: UUID, children: Sequence[FlowRun], artifacts: Sequence[Artifact]
+    ) -> Phases:
         phase_runs: dict[str, FlowRun] = {}
         for run in sorted(children, key=lambda r: utc(r.created) or EPOCH):
             spec = BY_FLOW.get(await self._flow_name(run.flow_id))
@@ -342,12 +356,17 @@ class PrefectReader:
         return phases
 
     async def _fetch(self, session_id: UUID) -> _Raw:
-        parent, (phase_runs, artifacts) = await asyncio.gather(
-            self._read_parent(session_id), self._phases_of(session_id)
+        """The session's runs and artifacts: two requests (one once it has ended)."""
+        cached = self._ended.get(session_id)
+        if cached is not None:
+            return _Raw(await self._read_parent(session_id), *cached)
+        (parent, children), artifacts = await asyncio.gather(
+            self._read_runs(session_id), self._read_artifacts(session_id)
         )
+        phase_runs, latest = await self._phases_from(session_id, children, artifacts)
         if _ended(parent) and all(_ended(run) for run in phase_runs.values()):
-            self._ended.put(session_id, (phase_runs, artifacts))
-        return _Raw(parent, phase_runs, artifacts)
+            self._ended.put(session_id, (phase_runs, latest))
+        return _Raw(parent, phase_runs, latest)
 
     async def _raw(self, session_id: UUID) -> _Raw:
         """The session's Prefect data, shared by all callers; one fetch per session at a time.
@@ -565,6 +584,18 @@ class PrefectReader:
                 )
             )
         return out
+
+
+def _session_and_phases(session_id: UUID) -> FlowRunFilter:
+    """The session's own run and its phase runs."""
+    return FlowRunFilter.model_validate(
+        {
+            "operator": Operator.or_,
+            "id": FlowRunFilterId(any_=[session_id]),
+            "parent_flow_run_id": FlowRunFilterParentFlowRunId(any_=[session_id]),
+        }
+    )
+
 
 def _folder(run: FlowRun) -> str | None:
     """The folder a session indexes, from its parameters."""

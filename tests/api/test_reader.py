@@ -131,6 +131,34 @@ def test_an_ended_session_is_read_with_fewer_queries(prefect_api_url: str) -> No
     assert 0 < second < first
 
 
+def test_a_running_session_is_read_in_two_queries(prefect_api_url: str) -> None:
+    """Each refresh of a running session asks Prefect twice: its runs (the session's and
+    its phases', in one filter) and their progress artifacts. Pollers cost Prefect's server
+    CPU that the session itself needs on a small machine."""
+    driver = Driver(images=100, face_items=10)
+    sid = driver.start()
+    driver.advance("embed", 10)
+
+    async def scenario() -> tuple[list[int], int]:
+        costs, current = [], 0
+        async with _reader(prefect_api_url, 0).connected() as reader:
+            await reader.unified(sid)  # learns the flows' names
+            await asyncio.to_thread(driver.advance, "embed", 60)
+            for _ in range(50):  # until the reader sees the new counts
+                before = reader.prefect_queries
+                current = (await reader.unified(sid)).phases.training.progress.current
+                costs.append(reader.prefect_queries - before)
+                if current == 60:
+                    break
+                await asyncio.sleep(0.1)
+        return costs, current
+
+    costs, current = asyncio.run(scenario())
+    assert current == 60
+    assert set(costs) == {2}
+    driver.run_to_end()
+
+
 def test_an_unknown_session_is_not_found(prefect_api_url: str) -> None:
     async def read() -> None:
         async with _reader(prefect_api_url, 0.75).connected() as reader:
