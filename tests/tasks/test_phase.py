@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from photoindex.settings import Settings
+from tasks import phase as phase_module
 from tasks.catalog import Catalog
 from tasks.phase import BatchOutcome, Phase, PhaseSummary, Rejection, run_phase
 from tests.tasks.conftest import Recorder
@@ -36,6 +37,7 @@ class Library:
     unreadable: set[str] = field(default_factory=set)  # written as skipped, with a reason
     broken: set[str] = field(default_factory=set)  # their batch raises
     wait_for_a_write: set[str] = field(default_factory=set)  # their batch raises after one
+    failing_writes: int = 0  # so many writes raise before they work again
     computed: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     written: threading.Event = field(default_factory=threading.Event)
@@ -92,6 +94,9 @@ class FakePhase(Phase[Item, list[Item], list[tuple[Item, str | None]]]):
         ]
 
     def write(self, result: list[tuple[Item, str | None]]) -> BatchOutcome:
+        if self.library.failing_writes > 0:
+            self.library.failing_writes -= 1
+            raise OSError("store busy")
         rows = [
             self.status(item.key, item.path, "skipped" if reason else "indexed", reason=reason)
             for item, reason in result
@@ -218,6 +223,26 @@ def test_a_failed_batch_after_a_good_one_is_recorded_and_retried_next_run(
     assert sorted(lib.computed) == ["k1", "k2"]
     assert _counts(again) == (5, 3, 2, 0, 0)
     assert {s for s, _, _ in _statuses(settings, model).values()} == {"indexed"}
+
+
+def test_a_write_that_fails_is_retried_and_one_that_keeps_failing_fails_the_phase(
+    settings: Settings,
+    library: tuple[str, Library],
+    recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, lib = library
+    monkeypatch.setattr(phase_module, "WRITE_RETRY_DELAYS_S", (0.0, 0.0))
+    lib.failing_writes = 2  # the first batch's write fails twice, then works
+    summary = run_fake(FakePhase(settings, model))
+    assert _counts(summary) == (5, 0, 5, 0, 0)
+    assert {s for s, _, _ in _statuses(settings, model).values()} == {"indexed"}
+
+    lib.paths["k9"] = "/photos/9.jpg"
+    lib.failing_writes = 3  # more than the retries: the error is not a hiccup
+    with pytest.raises(OSError, match="store busy"):
+        run_fake(FakePhase(settings, model))
+    assert "k9" not in _statuses(settings, model)
 
 
 def test_the_first_batches_all_failing_fail_the_phase(
