@@ -16,6 +16,7 @@ from photoindex.launch import session_name, session_started
 from photoindex.phases import SESSION_FLOW
 from photoindex.settings import Settings, get_settings
 from tasks.catalog import Catalog
+from tasks.control import in_session
 from tasks.lock import library_lock
 from tasks.phase import PhaseSummary
 
@@ -33,11 +34,13 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     # The vector store's libraries (qdrant_client: 1.4 s of imports) load after start.
     from tasks.vectors import close_clients, optimize_if_worth_it
     # One writer per data folder, or a clear no; one Dask cluster (if any) for all phases.
-    # The subflows beat no heartbeat, however the session was started (see the function).
+    # The subflows beat no heartbeat, however the session was started (see the function),
+    # and know their session without asking Prefect.
     with (
         library_lock(settings, session, folder),
         shared_cluster(settings) as run_settings,
         without_flow_heartbeats(),
+        in_session(flow_run.get_id()),
     ):
         session_started(settings, session)
         runner = task_runner(run_settings)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -35,10 +38,22 @@ _CANCEL_STATES = {StateType.CANCELLING, StateType.CANCELLED}
 _last_check: dict[UUID, float] = {}
 _sessions: dict[UUID, UUID] = {}
 _lock = threading.Lock()
+_current_session: ContextVar[UUID | None] = ContextVar("photoindex_session", default=None)
 
 
 class SessionCancelled(Abort):
     """The session was cancelled: its runs are already Cancelled, so the engine keeps them so."""
+
+
+@contextmanager
+def in_session(session_id: str | None) -> Iterator[None]:
+    """The flow runs started in this block belong to the session `session_id` (the
+    `index-photos` run): their checkpoints know it without asking Prefect."""
+    token = _current_session.set(None if session_id is None else UUID(session_id))
+    try:
+        yield
+    finally:
+        _current_session.reset(token)
 
 
 def checkpoint() -> None:
@@ -66,6 +81,9 @@ def checkpoint() -> None:
 
 def _session_id(client: SyncPrefectClient, flow_run: FlowRun) -> UUID:
     """The outermost flow run above this one: the session."""
+    known = _current_session.get()
+    if known is not None:
+        return known
     cached = _sessions.get(flow_run.id)
     if cached is not None:
         return cached

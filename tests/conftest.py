@@ -93,6 +93,7 @@ SLOW = (
     "api/test_schemathesis.py",
     "tasks/test_cluster_scale.py",
     "tasks/test_phase.py",
+    "tasks/test_control.py",
     "tasks/test_housekeeping.py",
     "api/test_bad_input_http.py",
     "test_prefect_server.py",
