@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -155,8 +156,13 @@ def plain_http_env(api_url: str) -> dict[str, str]:
     return {}
 
 
+# `prefect server start`, but a write SQLite refused is retried in the server (prefect_app).
+SERVER_COMMAND = ("-m", "photoindex.prefect_app")
+PREFECT_SERVER_COMMAND = ("-m", "prefect", "server", "start")  # Prefect's own, for comparison
+
+
 def ensure_prefect_api(
-    settings: Settings, wait_s: float = 90.0
+    settings: Settings, wait_s: float = 90.0, command: Sequence[str] = SERVER_COMMAND
 ) -> tuple[str, subprocess.Popen[bytes] | None]:
     """Return the API URL to use, starting a local server if none is configured or running.
 
@@ -193,10 +199,7 @@ def ensure_prefect_api(
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
+            *command,
             "--host",
             "127.0.0.1",
             "--port",
