@@ -6,8 +6,9 @@ Each round starts a fresh server of one kind on its own data folder, the way
 same load in a child process: `--writers` Prefect clients at once, each making
 `--runs` task runs in one flow run (create, Running, Completed: the writes a batch or a
 subflow makes). A write SQLite refuses comes back as a 503 that Prefect's client waits
-2 s (then 4, 8 ...) to retry; the client's own log counts them. Printed: wall time,
-p50 / p99 / max of one task run's three writes, 503s the client saw, and our server
+2 s (then 4, 8 ...) to retry; the client's own log counts them, and our server's log
+counts the writes it retried itself. Printed: wall time, p50 / p99 / max of one task
+run's three writes, 503s the client saw, writes retried in the server, and our server
 against Prefect's in the same run. Rounds alternate between the two servers.
 
 Run from the repository root: `.venv/bin/python -m bench.bench_prefect_writes`.
@@ -20,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -108,7 +110,22 @@ def round_(kind: str, writers: int, runs: int) -> dict[str, object]:
         if server is not None:
             stop_server(server)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["server_retried"], result["server_tries"] = server_retries(
+        settings.prefect_home / "server.log"
+    )
     return result
+
+
+def server_retries(log: Path) -> tuple[int, int]:
+    """Writes our server retried (its log's lines saying so), and the tries they took."""
+    from photoindex.prefect_app import RETRIED
+
+    lines = [line for line in log.read_text(errors="replace").splitlines() if RETRIED in line]
+    tries = 0
+    for line in lines:  # "done on try N" when it went through, else "refused N times"
+        found = re.search(r"done on try (\d+)", line) or re.search(r"refused (\d+) times", line)
+        tries += int(found.group(1)) if found else 0
+    return len(lines), tries
 
 
 def summary(results: Sequence[dict[str, object]]) -> dict[str, float]:
@@ -120,6 +137,8 @@ def summary(results: Sequence[dict[str, object]]) -> dict[str, float]:
         "p99": times[min(len(times) - 1, int(len(times) * 0.99))],
         "max": times[-1],
         "retries": sum(int(r["retries"]) for r in results),  # type: ignore[call-overload]
+        "server_retried": sum(int(r["server_retried"]) for r in results),  # type: ignore[call-overload]
+        "server_tries": sum(int(r["server_tries"]) for r in results),  # type: ignore[call-overload]
         "slow": sum(t > 1.0 for t in times),
         "n": len(times),
     }
@@ -150,9 +169,11 @@ def main() -> None:
         s = stats[kind]
         rows.append([name, f"{s['wall']:.2f}", f"{s['p50'] * 1000:.0f}", f"{s['p99'] * 1000:.0f}",
                      f"{s['max'] * 1000:.0f}", f"{s['slow']:.0f} of {s['n']:.0f}",
-                     f"{s['retries']:.0f}"])  # fmt: skip
+                     f"{s['retries']:.0f}",
+                     f"{s['server_retried']:.0f} ({s['server_tries']:.0f} tries)"
+                     if kind == "photoindex" else "-"])  # fmt: skip
     print(table(["server", "wall s (mean)", "p50 ms", "p99 ms", "max ms", "task runs > 1 s",  # noqa: T201
-                 "503s the client waited on"], rows))  # fmt: skip
+                 "503s the client waited on", "writes retried in the server"], rows))  # fmt: skip
     base, ours = stats["prefect"], stats["photoindex"]
     print(  # noqa: T201
         f"photoindex / prefect: wall x{ours['wall'] / base['wall']:.2f}, "

@@ -8,7 +8,9 @@ wrote since the read, `SQLITE_BUSY_SNAPSHOT`. Measured under three concurrent wr
 40 and 11 of them. The transaction was rolled back and the same request succeeds moments
 later, but Prefect's client waits `2 ** try` seconds first (no `Retry-After`): 2 s, on
 sessions that take 4. This server runs such a request again itself after a few tens of
-milliseconds, and passes the 503 on only when every try was refused.
+milliseconds, and passes the 503 on only when every try was refused. Each write retried
+here is one line in the server's log (`server.log` in the Prefect home), saying how many
+tries it took.
 
 Run by `photoindex.prefect_server.ensure_prefect_api` as
 `python -m photoindex.prefect_app --host HOST --port PORT`; it serves what
@@ -21,12 +23,16 @@ import argparse
 import asyncio
 import logging
 import random
+import sys
+import time
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Short and many: under load the next writer often holds the lock again at a retry.
 RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.04) + (0.08,) * 24  # 2.0-4.1 s in all, with jitter
+#: What each log line of a write retried here says (benchmarks count them in the server's log).
+RETRIED = "a write SQLite refused, retried in the server"
 logger = logging.getLogger(__name__)
 
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -49,12 +55,22 @@ class RetryRefusedWrites:
         if more:  # too large to hold: no retry
             await self.app(scope, _replay(messages, receive), send)
             return
-        for delay_s in self.delays_s:
+        started = time.monotonic()
+        for refused, delay_s in enumerate(self.delays_s):
             if not await self._try(_fresh(scope), _replay(messages, receive), send, hold=True):
+                if refused:
+                    logger.info(
+                        "%s %s: %s, refused %d times, done on try %d after %.0f ms",
+                        scope["method"], scope["path"], RETRIED, refused, refused + 1,
+                        1000 * (time.monotonic() - started),
+                    )  # fmt: skip
                 return
             await asyncio.sleep(delay_s * (1 + random.random()))
-        logger.info("%s %s refused %d times: the client retries it", scope["method"],
-                    scope["path"], len(self.delays_s) + 1)  # fmt: skip
+        logger.warning(
+            "%s %s: %s, refused %d times in %.1f s: the client retries it",
+            scope["method"], scope["path"], RETRIED, len(self.delays_s) + 1,
+            time.monotonic() - started,
+        )  # fmt: skip
         await self._try(_fresh(scope), _replay(messages, receive), send, hold=False)
 
     async def _try(self, scope: Scope, receive: Receive, send: Send, hold: bool) -> bool:
@@ -114,22 +130,37 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 def main() -> None:
     """Serve Prefect's API, UI and services on HOST:PORT, as `prefect server start` does."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-
-    import uvicorn
-    from prefect.logging.configuration import setup_logging
-    from prefect.server.api.server import create_app
     from prefect.settings import (
+        PREFECT_SERVER_API_HOST,
         PREFECT_SERVER_API_KEEPALIVE_TIMEOUT,
+        PREFECT_SERVER_API_PORT,
         PREFECT_SERVER_API_WEBSOCKET_PING_INTERVAL,
         PREFECT_SERVER_API_WEBSOCKET_PING_TIMEOUT,
         PREFECT_SERVER_LOGGING_LEVEL,
     )
 
+    parser = argparse.ArgumentParser(
+        prog="python -m photoindex.prefect_app", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--host", default=PREFECT_SERVER_API_HOST.value(), help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--port", type=int, default=PREFECT_SERVER_API_PORT.value(), help="default: %(default)s"
+    )
+    args = parser.parse_args()
+
+    import uvicorn
+    from prefect.logging.configuration import setup_logging
+    from prefect.server.api.server import create_app
+
     setup_logging()
+    # Each retried write is one line in the server's log, whatever level Prefect logs at.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     uvicorn.run(
         RetryRefusedWrites(create_app(final=True)),
         host=args.host,

@@ -1,7 +1,8 @@
 """The deployment end to end: the README's commands against a real Prefect server and worker.
 
 Exactly the README's shell: `eval "$(photoindex prefect-env)"` (the local server's
-address and auth string), `prefect server start`, `prefect work-pool create`,
+address and auth string), `python -m photoindex.prefect_app` (Prefect's server, retrying
+writes SQLite refused), `prefect work-pool create`,
 `prefect --no-prompt deploy --all` from the checkout and `prefect worker start`. The
 test harness's server is not enough here: it runs without the scheduler service, so
 cron schedules would never create runs on it.
@@ -42,6 +43,7 @@ from tests.photos import PhotoManifest, make_photo_folder
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+PYTHON = str(Path(sys.executable).with_name("python"))
 PHOTOINDEX = str(Path(sys.executable).with_name("photoindex"))
 POOL = "local-process"  # as prefect.yaml and the README name it
 
@@ -104,7 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1"]
+            [PYTHON, "-m", "photoindex.prefect_app", "--host", "127.0.0.1"]
             + ["--port", str(settings.prefect_port)],
             cwd=CHECKOUT,
             env=env,
@@ -115,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
     try:
         deadline = time.monotonic() + 240
         while not healthy(api_url):
-            assert server.poll() is None, "prefect server start exited:\n" + log_path.read_text()
+            assert server.poll() is None, "the server exited:\n" + log_path.read_text()
             assert time.monotonic() < deadline, "the server did not start:\n" + log_path.read_text()
             time.sleep(0.5)
         yield Stack(api_url, env, settings, library, root)
