@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import header, prepare_process, table
+from bench.common import header, prepare_process, server_retries, table
 from tests.loopback import free_port
 
 SERVERS = {"prefect server start": "prefect", "photoindex.prefect_app": "photoindex"}
@@ -114,18 +113,6 @@ def round_(kind: str, writers: int, runs: int) -> dict[str, object]:
         settings.prefect_home / "server.log"
     )
     return result
-
-
-def server_retries(log: Path) -> tuple[int, int]:
-    """Writes our server retried (its log's lines saying so), and the tries they took."""
-    from photoindex.prefect_app import RETRIED
-
-    lines = [line for line in log.read_text(errors="replace").splitlines() if RETRIED in line]
-    tries = 0
-    for line in lines:  # "done on try N" when it went through, else "refused N times"
-        found = re.search(r"done on try (\d+)", line) or re.search(r"refused (\d+) times", line)
-        tries += int(found.group(1)) if found else 0
-    return len(lines), tries
 
 
 def summary(results: Sequence[dict[str, object]]) -> dict[str, float]:

@@ -43,6 +43,7 @@ from bench.common import (
     mb,
     prepare_process,
     seed_face_models,
+    server_retries,
     table,
     tree_cpu_s,
     workbench,
@@ -50,6 +51,12 @@ from bench.common import (
 from photoindex.phases import CONTRACT_KEYS
 
 TERMINAL = {"completed", "failed", "cancelled"}
+#: The benchmark's Prefect server's log (set in main), where it notes each write it retried.
+SERVER_LOG: Path | None = None
+
+
+def _retried() -> int:
+    return 0 if SERVER_LOG is None else server_retries(SERVER_LOG)[0]
 
 
 @dataclass
@@ -73,6 +80,9 @@ class Run:
     phase_runs: list[tuple[str, float | None, float | None]] = field(default_factory=list)
     returned: float | None = None
     """When `photoindex index` returned (cold runs): its user waits for that, not the run."""
+    retried_before: int = field(default_factory=lambda: _retried())
+    retried: int = 0
+    """Writes the Prefect server refused and retried itself during the run (its log says)."""
 
     @property
     def wall_s(self) -> float:
@@ -167,6 +177,7 @@ def _finish(run: Run) -> Run:
     run.phase_runs = [(r.flow, r.start, r.end) for r in runs]
     run.last_phase_end = max((r.end for r in phases if r.end is not None), default=parent.end)
     run.steps = asyncio.run(_first_batch_steps(run.session_id))
+    run.retried = _retried() - run.retried_before
     written = _first_written(run.started)
     if written is not None:
         run.steps["first batch written"] = written
@@ -377,6 +388,8 @@ def main() -> None:
     set_b_src = photoset.build(args.n + 1, args.size, args.cache, seed=2)
     extra = photoset.build(args.new, args.size, args.cache, seed=3)
     bench = workbench("warm", args.cache, "data")
+    global SERVER_LOG
+    SERVER_LOG = bench.server_log if bench.server is not None else None
     data = bench.work / "data"
     seed_face_models(args.cache, data)
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(bench.work / "results")
@@ -440,11 +453,12 @@ def main() -> None:
             max(errs) if errs else "-", statistics.fmean(errs) if errs else "-",
             f"{100 * statistics.median(eta):.1f}%" if eta else "-",
             "yes" if r.went_down() else "no", "-" if lag is None else lag,
+            r.retried if SERVER_LOG is not None else "-",
         ])  # fmt: skip
     print(table(
         ["run", "weights", "wall s", "to % > 0 s", "to 1st batch written s",
          "1st batch seen s", "max |err|", "mean |err|",
-         "ETA med err", "% went down", "completed lag s"], rows,
+         "ETA med err", "% went down", "completed lag s", "writes retried in server"], rows,
     ))  # fmt: skip
     print(
         f"warm / cold: to % > 0 x{(warm_b.first_moving() or 0) / (cold_b.first_moving() or 1):.2f}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,21 @@ def start_prefect(server_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None
     return ensure_prefect_api(settings, wait_s=180)
 
 
+def server_retries(log: Path) -> tuple[int, int]:
+    """Writes our Prefect server retried itself (its log's lines saying so), and the tries
+    they took; (0, 0) while it has no log."""
+    from photoindex.prefect_app import RETRIED
+
+    if not log.is_file():
+        return 0, 0
+    lines = [line for line in log.read_text(errors="replace").splitlines() if RETRIED in line]
+    tries = 0
+    for line in lines:  # "done on try N" when it went through, else "refused N times"
+        found = re.search(r"done on try (\d+)", line) or re.search(r"refused (\d+) times", line)
+        tries += int(found.group(1)) if found else 0
+    return len(lines), tries
+
+
 @dataclasses.dataclass
 class Workbench:
     """What every session benchmark stands on: a work folder, CLIP weights, a Prefect server."""
@@ -114,6 +130,11 @@ class Workbench:
     weights: Path
     api_url: str
     server: subprocess.Popen[bytes] | None
+
+    @property
+    def server_log(self) -> Path:
+        """The log of the server `start_prefect` started (its data folder's Prefect home)."""
+        return self.work / "server" / "prefect" / "server.log"
 
 
 def workbench(name: str, cache: Path, data: str) -> Workbench:
