@@ -109,9 +109,7 @@ def round_(kind: str, writers: int, runs: int) -> dict[str, object]:
         if server is not None:
             stop_server(server)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    result["server_retried"], result["server_tries"] = server_retries(
-        settings.prefect_home / "server.log"
-    )
+    result["server_retried"], result["server_tries"] = server_retries(settings.prefect_server_log)
     return result
 
 

@@ -80,7 +80,7 @@ class Run:
     phase_runs: list[tuple[str, float | None, float | None]] = field(default_factory=list)
     returned: float | None = None
     """When `photoindex index` returned (cold runs): its user waits for that, not the run."""
-    retried_before: int = field(default_factory=lambda: _retried())
+    retried_before: int = field(default_factory=_retried)
     retried: int = 0
     """Writes the Prefect server refused and retried itself during the run (its log says)."""
 

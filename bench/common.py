@@ -96,15 +96,16 @@ def seed_face_models(cache: Path, data_dir: Path) -> None:
 
 
 
-def start_prefect(server_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
-    """A real `prefect server` started the way the CLI starts it, on a free port."""
+def start_prefect(server_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None, Path]:
+    """A real `prefect server` started the way the CLI starts it, on a free port: its API
+    URL, its process (None when one is configured) and its log."""
     if "prefect" in sys.modules:
         raise RuntimeError("start the Prefect server before importing prefect")
     from photoindex.prefect_server import ensure_prefect_api
     from photoindex.settings import Settings
 
     settings = Settings(data_dir=server_dir, prefect_port=free_port(), prefect_api_url=None)
-    return ensure_prefect_api(settings, wait_s=180)
+    return (*ensure_prefect_api(settings, wait_s=180), settings.prefect_server_log)
 
 
 def server_retries(log: Path) -> tuple[int, int]:
@@ -130,11 +131,7 @@ class Workbench:
     weights: Path
     api_url: str
     server: subprocess.Popen[bytes] | None
-
-    @property
-    def server_log(self) -> Path:
-        """The log of the server `start_prefect` started (its data folder's Prefect home)."""
-        return self.work / "server" / "prefect" / "server.log"
+    server_log: Path
 
 
 def workbench(name: str, cache: Path, data: str) -> Workbench:
@@ -143,8 +140,8 @@ def workbench(name: str, cache: Path, data: str) -> Workbench:
     weights = clip_weights(cache)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     configure(work / data, weights)
-    api_url, server = start_prefect(work / "server")
-    return Workbench(work, weights, api_url, server)
+    api_url, server, server_log = start_prefect(work / "server")
+    return Workbench(work, weights, api_url, server, server_log)
 
 
 # --- process memory -------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def ensure_prefect_api(
         return api_url, None
     home = settings.prefect_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "server.log"
+    log_path = settings.prefect_server_log.resolve()
     log = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
     def prefect_home(self) -> Path:
         return self.data_dir / "prefect"
 
+    @property
+    def prefect_server_log(self) -> Path:
+        """The log of the local Prefect server the CLI starts for this data folder."""
+        return self.prefect_home / "server.log"
+
 
 def _expected(annotation: Any) -> str:
     """What a setting of this type looks like, in words."""

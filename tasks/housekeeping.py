@@ -266,7 +266,7 @@ def rotate_logs(settings: Settings) -> tuple[list[str], int]:
         for copy in old.parent.glob(old.name + ".*"):
             copy.unlink()
         deleted += 1
-    candidates = [settings.prefect_home / "server.log", *sessions[: settings.gc_keep_session_logs]]
+    candidates = [settings.prefect_server_log, *sessions[: settings.gc_keep_session_logs]]
     for path in candidates:
         if path.is_file() and path.stat().st_size > settings.gc_max_log_bytes:
             _rotate(path, settings.gc_keep_logs)
