@@ -406,8 +406,9 @@ def _timed(
             position = _position(counts, work, now)
             pace = _steady_pace(counts)
             left[key] = (
-                (todo - position) * 60.0 / pace if pace > 0 else work * (1.0 - position / todo)
-            )
+                _steady_left(counts, position, pace, timeline.tail_batches.get(key, 0.0))
+                if pace > 0 else work * (1.0 - position / todo)
+            )  # fmt: skip
             worked = overhead + max(0.0, now - counts.work_started)
             expected[key] = max(worked + left[key], 1e-6)
             fractions[key] = worked / expected[key]
@@ -445,6 +446,17 @@ def _steady_pace(counts: Counts) -> float:
     and one batch more, from which on the reporter measures the pace without the ramp.
     """
     return counts.pace if counts.pace > 0 and counts.fresh > counts.ramp else 0.0
+
+
+def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> float:
+    """Seconds left to a phase at its steady pace (items a minute), less what its last
+    batches gain on that pace: `tail` of a batch's time, calibrated from earlier sessions
+    (`tasks.progress.tail_batches`), and less of it once under a batch is left."""
+    items = max(0.0, max(1, counts.todo) - position)
+    per_item = 60.0 / pace
+    if counts.batch <= 0:
+        return items * per_item
+    return max(0.0, items * per_item - tail * min(items, counts.batch) * per_item)
 
 
 def _position(counts: Counts, work_s: float, now: float) -> float:

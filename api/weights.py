@@ -45,13 +45,15 @@ class Timeline:
     milestones cut it into: once a session has reached one, only the parts after it are
     still to come. Each later phase has an overhead (from the previous phase's end to
     its first batch) and then a cost per unit of work: a photo to do for embed and
-    faces, a library photo for clustering.
+    faces, a library photo for clustering. A phase's last batches run faster than its
+    steady pace (`tasks.progress.tail_batches`): by `tail_batches` of a batch's time.
     """
 
     startup_parts_s: Mapping[str, StartupParts]
     overhead_s: Mapping[str, float]
     per_unit_s: Mapping[str, float]
     sessions: int = 0
+    tail_batches: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def startup_s(self) -> dict[str, float]:
@@ -213,6 +215,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     overhead: dict[str, list[float]] = {}
     spent: dict[str, float] = {}
     units: dict[str, float] = {}
+    tails: dict[str, list[float]] = {}
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
         created = session_start(utc(parent.created), counts_of(artifacts.get("session")))
@@ -240,6 +243,8 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
             if counts.work_started > 0 and n > 0:
                 spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
                 units[key] = units.get(key, 0.0) + n
+            if counts.tail is not None:
+                tails.setdefault(key, []).append(counts.tail)
             segment_start = run_end.timestamp()
     if not used or not startup:
         return None
@@ -248,6 +253,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
         overhead_s={key: statistics.median(v) for key, v in overhead.items()},
         per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
         sessions=used,
+        tail_batches={key: statistics.median(v) for key, v in tails.items()},
     )
 
 

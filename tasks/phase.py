@@ -320,7 +320,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         reporter.set_stage("loading")
         phase.prepare()
     queue = ramped_chunks(sorted(todo, key=phase.key), phase.batch_size)
-    reporter.ramp = ramp_items(queue, phase.batch_size)
+    reporter.ramp, reporter.batch = ramp_items(queue, phase.batch_size), phase.batch_size
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 

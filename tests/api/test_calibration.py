@@ -172,3 +172,23 @@ def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> Non
     assert timeline is not None and timeline.sessions == 3
     assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.5))
     assert timeline.overhead_s["faceDetection"] == pytest.approx(1.0)
+
+
+def test_a_phases_tail_is_the_median_of_the_sessions_that_measured_one() -> None:
+    """Embed's last batches beat its steady pace by 0.3, 0.4 and 0.9 of a batch in three
+    sessions; a fourth did too few photos to say (no tail): the median is 0.4."""
+    def warm(t0: float, tail: float | None) -> tuple[
+        FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]
+    ]:
+        embed = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, tail=tail,
+                       work_started=at(t0 + 1.0).timestamp())  # fmt: skip
+        return session("warm", t0, {
+            "training": (t0 + 0.5, t0 + 7.0, embed),
+            "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
+            "clustering": (t0 + 11.1, t0 + 12.0, counts(1, None)),
+        }, end=t0 + 12.0)  # fmt: skip
+
+    sessions = [warm(0.0, 0.3), warm(100.0, 0.9), warm(200.0, None), warm(300.0, 0.4)]
+    timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
+    assert timeline is not None
+    assert timeline.tail_batches == {"training": pytest.approx(0.4)}

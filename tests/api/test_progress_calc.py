@@ -530,6 +530,34 @@ def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
     )
 
 
+def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
+    """Earlier sessions' last batches beat the steady pace by 0.4 of a batch (they compute
+    without the next batch's reads beside them). 40 of 60 done at 12 a minute, in batches
+    of 8: 20 left is 100 s at that pace, less 0.4 * 8 photos' time (16 s). With under a
+    batch left, the gain is that share of what is left."""
+    tailed = session_weights(Calibration(timeline=replace(
+        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
+
+    def embed_at(fresh: int) -> PhaseSnapshot:
+        counts = Counts(82, 100, fresh=fresh, active=8, todo=60, batch=8,
+                        work_started=ago(20).timestamp(), pace=12.0,
+                        last_done=NOW.timestamp())  # fmt: skip
+        return PhaseSnapshot(run=running(22), counts=counts, artifact_updated=NOW)
+
+    def eta(weights: Weights, fresh: int) -> int | None:
+        snap = starting("warm", 24.0, parent="RUNNING", training=embed_at(fresh))
+        return calc(snap, weights).overall_progress.eta_seconds
+
+    after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
+    assert eta(TIMED, 40) == round(20 * 5.0 + after)  # no tail calibrated: the steady pace
+    assert eta(tailed, 40) == round(20 * 5.0 - 0.4 * 8 * 5.0 + after)
+    assert eta(tailed, 56) == round(4 * 5.0 * (1 - 0.4) + after)
+    training = calc(starting("warm", 24.0, parent="RUNNING", training=embed_at(40)), tailed)
+    assert training.phases.training.progress.percentage == pytest.approx(
+        100 * 24.0 / (24.0 + 20 * 5.0 - 16.0), abs=0.01
+    )
+
+
 def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None:
     """2 done (batches of 1 and 1) at a measured 4 a minute, slowed by two batches' fixed
     costs: until the phase's ramp of 31 items is done, the calibrated 0.3 s a photo says

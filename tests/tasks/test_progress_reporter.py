@@ -4,10 +4,11 @@ Prefect outage that costs progress updates but never the work."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
-from tasks.progress import Counts, ProgressReporter
+from tasks.progress import TAIL_BOUNDS, Counts, ProgressReporter, tail_batches
 from tests.tasks.conftest import Recorder
 
 
@@ -115,8 +116,43 @@ def test_the_ramp_is_the_small_batches_and_the_first_full_one(
 def test_counts_read_back_as_published() -> None:
     counts = Counts(5, 20, skipped=1, failed=1, per_minute=3.0, active=4, fresh=3, todo=18,
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
-                    ramp=31)  # fmt: skip
+                    ramp=31, batch=16, tail=0.35)  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
+    assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
+    assert Counts.parse("current=1 total=2") == Counts(1, 2)  # an older artifact
+
+
+def test_the_tail_is_how_much_sooner_the_phase_ended_than_its_steady_pace_said() -> None:
+    """Batches of 10 at 60 a minute (10 s a batch), 50 to do. Seen from the batches that
+    left a full batch or more to do, the phase should have ended at 50 s; it ended at
+    46 s, its last batch computing without the next one's reads beside it: 0.4 of a batch.
+    The batch that left less than a batch to do says nothing of it."""
+    marks = [(20.0, 20, 60.0), (30.0, 30, 60.0), (40.0, 40, 60.0), (45.0, 45, 60.0)]
+    assert tail_batches(marks, end=46.0, todo=50, batch=10) == pytest.approx(0.4)
+    # the median: one batch held up by a refused write does not set it
+    odd = [(20.0, 20, 60.0), (33.0, 30, 46.0), (40.0, 40, 60.0)]
+    assert tail_batches(odd, end=46.0, todo=50, batch=10) == pytest.approx(0.4)
+    # a phase slower at its end is told so, within bounds
+    assert tail_batches(marks, end=80.0, todo=50, batch=10) == TAIL_BOUNDS[0]
+    assert tail_batches(marks, end=30.0, todo=50, batch=10) == TAIL_BOUNDS[1]
+    # nothing measured at the steady pace: no tail, not a tail of 0
+    assert tail_batches([(45.0, 45, 60.0)], end=46.0, todo=50, batch=10) is None
+    assert tail_batches([], end=46.0, todo=50, batch=10) is None
+
+
+def test_the_tail_is_published_with_the_phases_last_counts_only(recorder: Recorder) -> None:
+    reporter = ProgressReporter("embed", total=8, interval_s=0.0, heartbeat_s=60, ramp=2,
+                                batch=2, todo=8)  # fmt: skip
+    reporter.start()
+    for _ in range(4):
+        reporter.advance(processed=2)
+        time.sleep(0.1)
+    running = recorder.published(1)
+    reporter.finish()
+    last = recorder.updates[-1][1]
+    assert running is not None and running.tail is None and running.batch == 2
+    assert last is not None and last.done and last.tail is not None
+    assert TAIL_BOUNDS[0] <= last.tail <= TAIL_BOUNDS[1]
 
 
 def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished(
