@@ -151,12 +151,17 @@ def run_session(
 
 
 def trace(o: Outcome, rows: int = 12) -> str:
-    """A few samples spread over the run: elapsed share, percentage, ETA vs actual."""
+    """A few samples spread over the run, and the one furthest off: elapsed share,
+    percentage, ETA vs actual."""
     during = o.during()
     step = max(1, len(during) // rows)
     picked = during[::step]
     if during and picked[-1] is not during[-1]:
         picked.append(during[-1])
+    if during:
+        worst = max(zip(o.errors(), during, strict=True), key=lambda pair: abs(pair[0]))[1]
+        if worst not in picked:
+            picked = sorted([*picked, worst], key=lambda s: s.at)
     return table(
         ["elapsed s", "elapsed %", "reported %", "error pts", "ETA s", "actual left s", "phase"],
         [
