@@ -453,10 +453,8 @@ def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> f
     batches gain on that pace: `tail` of a batch's time, calibrated from earlier sessions
     (`tasks.progress.tail_batches`), and less of it once under a batch is left."""
     items = max(0.0, max(1, counts.todo) - position)
-    per_item = 60.0 / pace
-    if counts.batch <= 0:
-        return items * per_item
-    return max(0.0, items * per_item - tail * min(items, counts.batch) * per_item)
+    gain = tail * min(items, counts.batch)  # nothing from an artifact that says no batch (0)
+    return max(0.0, (items - gain) * 60.0 / pace)
 
 
 def _position(counts: Counts, work_s: float, now: float) -> float:

@@ -47,7 +47,7 @@ class Counts:
     ramp: int = 0  # items of the small first batches and the first full one (pace not trusted)
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
     batch: int = 0  # items a full batch holds (0: not said)
-    tail: float | None = None  # at the end: how far its steady pace overstated it (`tail_batches`)
+    tail: float | None = None  # at the end: how many batches' time the steady pace overstated
 
     @property
     def percentage(self) -> float:
