@@ -451,9 +451,16 @@ def _steady_pace(counts: Counts) -> float:
 def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> float:
     """Seconds left to a phase at its steady pace (items a minute), less what its last
     batches gain on that pace: `tail` of a batch's time, calibrated from earlier sessions
-    (`tasks.progress.tail_batches`), and less of it once under a batch is left."""
-    items = max(0.0, max(1, counts.todo) - position)
-    gain = tail * min(items, counts.batch)  # nothing from an artifact that says no batch (0)
+    (`tasks.progress.tail_batches`), and less of it once under a batch is unfinished.
+
+    The gain is counted on the items not finished yet, which stay the same between two
+    batches: counted on `position`, which moves on between them, it would shrink while
+    the last batch computes, and the time left would count down slower than the clock.
+    """
+    todo = max(1, counts.todo)
+    items = max(0.0, todo - position)
+    unfinished = max(0, todo - counts.fresh)
+    gain = tail * min(unfinished, counts.batch)  # nothing from an artifact without a batch
     return max(0.0, (items - gain) * 60.0 / pace)
 
 

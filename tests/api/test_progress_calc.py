@@ -558,6 +558,26 @@ def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
     )
 
 
+def test_the_last_batchs_time_left_counts_down_with_the_clock() -> None:
+    """The last batch of 8 (52 of 60 done) computes in 0.6 of a steady batch's 40 s, as
+    calibrated: 24 s. Polled 0 s and 10 s after the batch before it finished, the time
+    left is 24 s and 14 s, not a gain that shrinks as the batch goes on."""
+    tailed = session_weights(Calibration(timeline=replace(
+        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
+    after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
+
+    def eta(since_last: float) -> int | None:
+        counts = Counts(82, 100, fresh=52, active=8, todo=60, batch=8, pace=12.0,
+                        work_started=ago(200).timestamp(),
+                        last_done=ago(since_last).timestamp())  # fmt: skip
+        embed = PhaseSnapshot(run=running(202), counts=counts, artifact_updated=ago(since_last))
+        snap = starting("warm", 204.0, parent="RUNNING", training=embed)
+        return calc(snap, tailed).overall_progress.eta_seconds
+
+    assert eta(0.0) == round(24.0 + after)
+    assert eta(10.0) == round(14.0 + after)
+
+
 def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None:
     """2 done (batches of 1 and 1) at a measured 4 a minute, slowed by two batches' fixed
     costs: until the phase's ramp of 31 items is done, the calibrated 0.3 s a photo says
