@@ -11,6 +11,8 @@ import pytest
 from tasks.progress import TAIL_BOUNDS, Counts, ProgressReporter, tail_batches
 from tests.tasks.conftest import Recorder
 
+Marks = list[tuple[float, int, float]]
+
 
 def test_a_phase_that_finishes_nothing_for_a_while_still_beats(recorder: Recorder) -> None:
     reporter = ProgressReporter("cluster", total=1, heartbeat_s=0.1)
@@ -129,6 +131,11 @@ def test_the_tail_is_how_much_sooner_the_phase_ended_than_its_steady_pace_said()
     The batch that left less than a batch to do says nothing of it."""
     marks = [(20.0, 20, 60.0), (30.0, 30, 60.0), (40.0, 40, 60.0), (45.0, 45, 60.0)]
     assert tail_batches(marks, end=46.0, todo=50, batch=10) == pytest.approx(0.4)
+    # the median of the last batches with 1 to 3 full batches left (0.3, 0.4, 0.5): not
+    # the one with under a batch left (0.49), nor one further from the end (0.7)
+    window = [(19.0, 20, 60.0), (30.0, 30, 60.0), (41.0, 40, 60.0)]
+    under, far = (45.9, 45, 60.0), (13.0, 10, 60.0)
+    assert tail_batches([far, *window, under], end=46.0, todo=50, batch=10) == pytest.approx(0.4)
     # the median: one batch held up by a refused write does not set it
     odd = [(20.0, 20, 60.0), (33.0, 30, 46.0), (40.0, 40, 60.0)]
     assert tail_batches(odd, end=46.0, todo=50, batch=10) == pytest.approx(0.4)
@@ -138,6 +145,32 @@ def test_the_tail_is_how_much_sooner_the_phase_ended_than_its_steady_pace_said()
     # nothing measured at the steady pace: no tail, not a tail of 0
     assert tail_batches([(45.0, 45, 60.0)], end=46.0, todo=50, batch=10) is None
     assert tail_batches([], end=46.0, todo=50, batch=10) is None
+
+
+def drifting_marks(todo: int, batch: int, drift: float, tail: float) -> tuple[Marks, float]:
+    """A phase's steady marks (the reporter's pace since its first batch) when each batch
+    takes `drift` longer than the one before, and when its last batch ended: `tail` of a
+    batch's time sooner than the one before it."""
+    t, n, k, marks = 0.0, 0, 0, []
+    start: tuple[float, int] | None = None
+    while n < todo - batch:
+        t, n, k = t + 10.0 * (1 + drift) ** k, n + batch, k + 1
+        if start is None:
+            start = (t, n)
+            continue
+        marks.append((t, n, 60.0 * (n - start[1]) / (t - start[0])))
+    return marks, t + 10.0 * (1 + drift) ** k * (1 - tail)
+
+
+def test_the_tail_is_measured_near_the_end_of_a_phase_whose_pace_drifts() -> None:
+    """1,000 items in batches of 10, each 0.1 % slower than the one before: the batches
+    far from the end say the phase should have ended much later (or sooner) than the
+    last ones do. The tail is measured on the last few."""
+    steady, end = drifting_marks(1000, 10, drift=0.0, tail=0.4)
+    assert tail_batches(steady, end, todo=1000, batch=10) == pytest.approx(0.4)
+    for drift in (0.001, -0.001):
+        marks, end = drifting_marks(1000, 10, drift=drift, tail=0.4)
+        assert tail_batches(marks, end, todo=1000, batch=10) == pytest.approx(0.4, abs=0.1)
 
 
 def test_the_tail_is_published_with_the_phases_last_counts_only(recorder: Recorder) -> None:
