@@ -320,7 +320,9 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         reporter.set_stage("loading")
         phase.prepare()
     queue = ramped_chunks(sorted(todo, key=phase.key), phase.batch_size)
-    reporter.ramp, reporter.batch = ramp_items(queue, phase.batch_size), phase.batch_size
+    # The rejects are counted done before any batch: the ramp starts after them.
+    reporter.ramp = len(new_rejects) + ramp_items(queue, phase.batch_size)
+    reporter.batch = phase.batch_size
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 

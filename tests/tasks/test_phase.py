@@ -180,6 +180,9 @@ def test_a_first_run_records_every_item_and_counts_them(
     last = recorder.updates[-1]
     assert last[0] == 100.0 and last[1] is not None
     assert (last[1].current, last[1].total, last[1].skipped, last[1].done) == (6, 6, 2, True)
+    # the pace is trusted after the ramped batches (1, then 2), counted on from the
+    # rejected file: it is done before any batch, and says nothing of the pace
+    assert (last[1].fresh, last[1].ramp, last[1].batch) == (6, 1 + 3, 2)
 
 
 def test_a_second_run_reuses_what_is_done_and_follows_moves_and_removals(
