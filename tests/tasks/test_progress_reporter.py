@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from tasks import progress
 from tasks.progress import TAIL_BOUNDS, Counts, ProgressReporter, tail_batches
 from tests.tasks.conftest import Recorder
 
@@ -173,19 +174,36 @@ def test_the_tail_is_measured_near_the_end_of_a_phase_whose_pace_drifts() -> Non
         assert tail_batches(marks, end, todo=1000, batch=10) == pytest.approx(0.4, abs=0.1)
 
 
-def test_the_tail_is_published_with_the_phases_last_counts_only(recorder: Recorder) -> None:
-    reporter = ProgressReporter("embed", total=8, interval_s=0.0, heartbeat_s=60, ramp=2,
-                                batch=2, todo=8)  # fmt: skip
-    reporter.start()
-    for _ in range(4):
-        reporter.advance(processed=2)
-        time.sleep(0.1)
-    running = recorder.published(1)
+class Clock:
+    """The reporter's `time` module, with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.time = time.time
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_tail_is_published_with_the_phases_last_counts_only(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 to do in batches of 2, the ramp the first 2 items (1 at 1 s, 1 at 3 s), the
+    steady pace 1 item a second (2 more at 5 s). The steady pace says the phase ends at
+    7 s; its last batch ends at 6.2 s: 0.4 of a batch sooner. The batch that ended the
+    ramp measured the ramp's pace, not the steady one: it is no mark (it would say 1.2)."""
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    reporter = ProgressReporter("embed", total=6, interval_s=0.0, heartbeat_s=60, ramp=2,
+                                batch=2, todo=6)  # fmt: skip
+    for now, n in ((1.0, 1), (3.0, 1), (5.0, 2), (6.2, 2)):
+        clock.now = now
+        reporter.advance(processed=n)
+        assert reporter.counts().tail is None, "only the last counts say the tail"
     reporter.finish()
     last = recorder.updates[-1][1]
-    assert running is not None and running.tail is None and running.batch == 2
-    assert last is not None and last.done and last.tail is not None
-    assert TAIL_BOUNDS[0] <= last.tail <= TAIL_BOUNDS[1]
+    assert last is not None and last.done and last.batch == 2
+    assert last.tail == pytest.approx(0.4)
 
 
 def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished(
