@@ -7,15 +7,21 @@ start), warm ones handed to a warm indexer (`python -m photoindex.indexer`, what
 does; measured from the call). Progress is sampled every 0.5 s with the reader the API
 and CLI use. The cold path is the baseline for the warm one.
 
-Cold sessions run while no warm indexer is up, as a user's cold sessions do.
+Cold sessions run while no warm indexer is up, as a user's cold sessions do (a loaded
+indexer beside a cold process slowed its imports and model load by 0.7-2.4 s).
 
-1. Calibration: one session on set A (phone-size photos), cold, then warm.
-2. Measured: set B (other photos) on a wiped catalog, cold then warm: time to the first
-   response with percentage > 0, to the first batch written (its first status row in the
-   catalog; the steps before it, by Prefect's clock, are printed too), progress error (reported
-   percentage minus elapsed share of the wall time), ETA error after the first 10 %,
-   whether the percentage ever went down, and `completed` after the last phase's end.
-3. Incremental: 20 new photos added to set B, cold and warm: wall time, and its ratio.
+1. Cold: a calibration session on set A (phone-size photos), then set B (other photos)
+   on a wiped catalog, measured.
+2. Warm, with the indexer started: the same two sessions, then 20 new photos added to
+   set B (the warm incremental session), then a session that forgets them again.
+3. Cold again, the indexer stopped: the same 20 new photos (the cold incremental one).
+
+Measured on set B, cold and warm: time to the first response with percentage > 0, to the
+first batch written (its first status row in the catalog; the steps before it, by
+Prefect's clock, are printed too), progress error (reported percentage minus elapsed
+share of the wall time), ETA error after the first 10 %, whether the percentage ever
+went down, and `completed` after the last phase's end. Incremental: wall time, cold
+against warm.
 
 Run from the repository root: `.venv/bin/python -m bench.bench_warm_start`.
 """
