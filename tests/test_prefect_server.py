@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.settings import (
     PREFECT_API_AUTH_STRING,
+    PREFECT_API_SSL_CERT_FILE,
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
     PREFECT_API_URL,
     PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
     temporary_settings,
@@ -126,6 +130,36 @@ def test_photoindex_processes_use_it_with_the_exported_auth_string(server: Serve
         with get_client(sync_client=True) as client:  # it fetches its CSRF token itself
             flow_id = client.create_flow_from_name("photoindex-auth-check")
             assert client.read_flow(flow_id).name == "photoindex-auth-check"
+
+
+def test_prefect_clients_of_the_plain_http_api_load_no_system_ca_bundle(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Prefect client builds an SSL context, even over http://: with the exported
+    environment it holds the one placeholder certificate, not the system's CAs (20 ms a
+    client), and the client still works."""
+    contexts: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def recorded(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        contexts.append(create(*args, **kwargs))
+        return contexts[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", recorded)
+    assert server.url.startswith("http://")
+    updates = {
+        PREFECT_API_URL: server.url,
+        PREFECT_API_AUTH_STRING: server.auth,
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY: os.environ["PREFECT_API_TLS_INSECURE_SKIP_VERIFY"],
+        PREFECT_API_SSL_CERT_FILE: os.environ["PREFECT_API_SSL_CERT_FILE"],
+    }
+    with temporary_settings(updates=updates):
+        with get_client(sync_client=True) as client:
+            assert client.read_flows(limit=1) is not None
+    assert contexts, "the client built no SSL context"
+    assert [c.cert_store_stats()["x509_ca"] for c in contexts] == [1] * len(contexts)
+    # and the system has CAs to load, so a context that loaded them would be told apart
+    assert create().cert_store_stats()["x509_ca"] > 1
 
 
 def test_the_readers_requests_sent_together_share_one_csrf_token(server: Server) -> None:
