@@ -51,6 +51,7 @@ def fresh_settings() -> Iterator[None]:
         ("PHOTOINDEX_PREFECT_PORT", "forty", "expected a whole number"),
         ("PHOTOINDEX_LIBRARY_ROOTS", '["/photos"', "or a JSON list"),
         ("PHOTOINDEX_TASK_RUNNER", "ray", "expected one of threads, dask"),
+        ("PHOTOINDEX_CLIP_PRECISION", "float16", "expected one of auto, float32, bfloat16"),
         ("PHOTOINDEX_API_TOKEN", "short-secret", "at least 16 characters"),
     ],
 )

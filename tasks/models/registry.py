@@ -39,7 +39,7 @@ def clip_embedder(settings: Settings) -> ClipEmbedder:
     from tasks.models.clip import ClipEmbedder
 
     key = ("clip", settings.clip_architecture, settings.clip_pretrained, settings.clip_config,
-           settings.threads)  # fmt: skip
+           settings.threads, settings.clip_precision)  # fmt: skip
     return _kept(key, lambda: ClipEmbedder(settings=settings))
 
 

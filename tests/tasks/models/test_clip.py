@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from tasks.models.clip import ClipEmbedder, ClipWeightsError
+from tasks.models.clip import ClipEmbedder, ClipWeightsError, Precision, clip_dtype
 from tests.clip_tiny import TINY_CLIP_NAME, build_tiny_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -110,14 +110,60 @@ def test_a_model_built_without_random_init_holds_exactly_the_checkpoint(
     ours = embedder._m_model.state_dict(keep_vars=False)
     theirs = reference.state_dict()
     assert ours.keys() == theirs.keys()
-    for key, value in theirs.items():
-        assert torch.equal(ours[key], value), key
+    for key, value in theirs.items():  # in the precision the embedder runs in
+        assert torch.equal(ours[key], value.to(ours[key].dtype)), key
     for (name, mine), (_, ref) in zip(
         embedder._m_model.named_buffers(), reference.named_buffers(), strict=True
     ):
-        assert torch.equal(mine, ref), name
+        assert torch.equal(mine, ref.to(mine.dtype)), name
     drawn = torch.nn.init.kaiming_uniform_(torch.zeros(8, 8))
     assert drawn.abs().sum() > 0, "torch.nn.init was left disabled"
+
+
+def test_bfloat16_embeddings_agree_with_float32(
+    tiny: tuple[Path, Path], photos: dict[str, Image.Image]
+) -> None:
+    """bfloat16 (what `auto` picks on a CPU that computes it natively) runs the model in
+    bfloat16 and gives the float32 embeddings to within a cosine of 0.999, so each text
+    finds the same photo first."""
+    config, weights = tiny
+    full, half = (
+        ClipEmbedder(pretrained=weights, config=config, threads=2, precision=p)
+        for p in ("float32", "bfloat16")
+    )
+    images = list(photos.values())
+    exact, reduced = full.embed_images(images), half.embed_images(images)
+    assert half._m_model.visual.conv1.weight.dtype == torch.bfloat16
+    assert full._m_model.visual.conv1.weight.dtype == torch.float32
+    assert reduced.dtype == np.float32
+    assert not np.array_equal(exact, reduced), "the same numbers: bfloat16 did not run"
+    assert np.sum(exact * reduced, axis=1).min() >= 0.999
+    texts = ["a photo of a cat", "a cup of coffee", "a rocket launch", "an astronaut"]
+    words, words_half = full.embed_text(texts), half.embed_text(texts)
+    assert np.sum(words * words_half, axis=1).min() >= 0.999
+    np.testing.assert_array_equal(
+        (words @ exact.T).argmax(axis=1), (words_half @ reduced.T).argmax(axis=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("precision", "capabilities", "dtype"),
+    [
+        ("auto", {"avx512_bf16": True}, torch.bfloat16),
+        ("auto", {"amx_bf16": True, "avx512_bf16": False}, torch.bfloat16),
+        ("auto", {"avx512_bf16": False, "avx2": True}, torch.float32),
+        ("float32", {"avx512_bf16": True}, torch.float32),
+        ("bfloat16", {}, torch.bfloat16),
+    ],
+)
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+    precision: Precision,
+    capabilities: dict[str, bool],
+    dtype: torch.dtype,
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert clip_dtype(precision) == dtype
 
 
 def test_pickled_copy_reloads_and_matches(
