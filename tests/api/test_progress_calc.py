@@ -594,6 +594,28 @@ def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None
     )
 
 
+def test_the_steady_pace_is_trusted_over_two_full_batches_not_one() -> None:
+    """After a ramp of 31 items, batches of 16 finish at alternating intervals: the pace
+    of the first full batch alone (here 24 a minute, against the calibrated 0.3 s a photo,
+    200 a minute) says nothing yet. Two batches on, the measured pace says where the work
+    is, and the time left."""
+
+    def training_at(fresh: int, pace: float) -> UnifiedProgressResponse:
+        counts = Counts(82, 100, fresh=fresh, active=16, todo=100, batch=16, ramp=31,
+                        work_started=ago(20).timestamp(), pace=pace,
+                        last_done=ago(1.0).timestamp())  # fmt: skip
+        embed = PhaseSnapshot(run=running(22), counts=counts, artifact_updated=ago(1.0))
+        return calc(starting("warm", 24.0, parent="RUNNING", training=embed), TIMED)
+
+    after = 1.0 + 0.1 * 100 + 0.5 + 0.01 * 100  # faces, then clustering
+    one = training_at(47, 24.0)
+    position = 47 + 1.0 / 0.3  # at the calibrated pace since the last batch
+    assert one.overall_progress.eta_seconds == round((100 - position) * 0.3 + after)
+    two = training_at(63, 24.0)
+    position = 63 + 24.0 / 60  # at the measured pace since the last batch
+    assert two.overall_progress.eta_seconds == round((100 - position) * 60 / 24.0 + after)
+
+
 def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
     counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(60).timestamp(),
                     pace=12.0, last_done=ago(50).timestamp())
