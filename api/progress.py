@@ -388,6 +388,8 @@ def _timed(
         if start is not None and counts is not None and counts.work_started > 0:
             overhead = max(0.0, counts.work_started - start.timestamp())  # measured by now
         work = timeline.per_unit_s.get(key, 0.0) * units
+        if counts is not None and statuses[key] not in _DONE:
+            work /= _ramp_speed(counts, timeline.ramp_s.get(key, {}))
         total = max(overhead + work, 1e-6)
         run = snap.phase(key).run
         if statuses[key] in _DONE and start is not None and run and run.end_time:
@@ -435,6 +437,31 @@ def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) 
             break
         expected = max(0.0, (when - start).total_seconds()) + sum(parts[reached + 1 :])
     return expected
+
+
+#: A ramp mark tells this session's speed once earlier sessions took this long to reach
+#: it: before, the first batches' fixed costs and the first result's wait are most of it.
+RAMP_SPEED_MIN_S = 1.0
+#: This session's speed against earlier ones, as its ramp tells it, is kept within these.
+RAMP_SPEED_BOUNDS = (2 / 3, 3 / 2)
+
+
+def _ramp_speed(counts: Counts, calibrated: Mapping[int, float]) -> float:
+    """How much faster (above 1) or slower a phase goes than the sessions that calibrated
+    it, by its latest ramped batch against theirs at the same items done; 1 when nothing
+    comparable was measured.
+
+    The calibrated cost a photo is an average over earlier sessions' photos, and this
+    session's may be bigger or smaller: a 10-second session of other photos ran 5-8 %
+    faster than its calibration, and its ETA was that much too long until its own steady
+    pace was known (`_steady_pace`), a third of the phase in.
+    """
+    for items, seconds in reversed(counts.ramp_marks):
+        expected = calibrated.get(items, 0.0)
+        if expected >= RAMP_SPEED_MIN_S and seconds > 0:
+            low, high = RAMP_SPEED_BOUNDS
+            return min(high, max(low, expected / seconds))
+    return 1.0
 
 
 def _steady_pace(counts: Counts) -> float:

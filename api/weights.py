@@ -47,6 +47,9 @@ class Timeline:
     its first batch) and then a cost per unit of work: a photo to do for embed and
     faces, a library photo for clustering. A phase's last batches run faster than its
     steady pace (`tasks.progress.tail_batches`): by `tail_batches` of a batch's time.
+    `ramp_s` is when each of a phase's ramped first batches ended, by items done, in
+    seconds from its first batch in flight: how fast a new session goes is told by its
+    own ramp against these, before its steady pace is known.
     """
 
     startup_parts_s: Mapping[str, StartupParts]
@@ -54,6 +57,7 @@ class Timeline:
     per_unit_s: Mapping[str, float]
     sessions: int = 0
     tail_batches: Mapping[str, float] = field(default_factory=dict)
+    ramp_s: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
     @property
     def startup_s(self) -> dict[str, float]:
@@ -216,6 +220,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     spent: dict[str, float] = {}
     units: dict[str, float] = {}
     tails: dict[str, list[float]] = {}
+    ramps: dict[str, dict[int, list[float]]] = {}
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
         created = session_start(utc(parent.created), counts_of(artifacts.get("session")))
@@ -245,6 +250,8 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
                 units[key] = units.get(key, 0.0) + n
             if counts.tail is not None:
                 tails.setdefault(key, []).append(counts.tail)
+            for items, seconds in counts.ramp_marks:
+                ramps.setdefault(key, {}).setdefault(items, []).append(seconds)
             segment_start = run_end.timestamp()
     if not used or not startup:
         return None
@@ -254,6 +261,8 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
         per_unit_s={key: spent[key] / units[key] for key in spent if units[key] > 0},
         sessions=used,
         tail_batches={key: statistics.median(v) for key, v in tails.items()},
+        ramp_s={key: {n: statistics.median(v) for n, v in marks.items()}
+                for key, marks in ramps.items()},  # fmt: skip
     )
 
 

@@ -48,6 +48,8 @@ class Counts:
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
     batch: int = 0  # items a full batch holds (0: not said)
     tail: float | None = None  # at the end: how many batches' time the steady pace overstated
+    #: (items done, seconds since work started) as each ramped first batch finished
+    ramp_marks: tuple[tuple[int, float], ...] = ()
 
     @property
     def percentage(self) -> float:
@@ -67,7 +69,9 @@ class Counts:
             f"last_done={self.last_done:.3f} pace={self.pace:.2f} ramp={self.ramp} "
             f"requested={self.requested:.3f} batch={self.batch}"
             + ("" if self.tail is None else f" tail={self.tail:.3f}")
-        )
+            + ("" if not self.ramp_marks else " ramp_marks="
+               + ",".join(f"{n}:{s:.3f}" for n, s in self.ramp_marks))
+        )  # fmt: skip
 
     @classmethod
     def parse(cls, description: str | None) -> Counts | None:
@@ -94,9 +98,16 @@ class Counts:
                 requested=float(pairs.get("requested", 0.0)),
                 batch=int(pairs.get("batch", 0)),
                 tail=float(pairs["tail"]) if "tail" in pairs else None,
+                ramp_marks=_ramp_marks(pairs.get("ramp_marks", "")),
             )
         except (KeyError, ValueError):
             return None
+
+
+def _ramp_marks(text: str) -> tuple[tuple[int, float], ...]:
+    """`Counts.ramp_marks` from their description, `n:s,n:s`."""
+    marks = (mark.split(":", 1) for mark in text.split(",") if mark)
+    return tuple((int(n), float(s)) for n, s in marks)
 
 
 #: While a phase works on without finishing items (a long clustering, hashing a big
@@ -140,6 +151,9 @@ class ProgressReporter:
     _last_done: float = 0.0  # time.monotonic() when items last finished
     _marks: list[tuple[float, int, float]] = field(default_factory=list)
     """(time.monotonic(), items done, steady pace) at each batch finished at the steady pace."""
+    _began: float | None = None  # time.monotonic() when the first batch went in flight
+    _ramp_marks: list[tuple[int, float]] = field(default_factory=list)
+    """(items done, seconds since work began) at each ramped batch's end (`Counts.ramp_marks`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -218,6 +232,8 @@ class ProgressReporter:
             self._last_done = time.monotonic()
         if first:
             self._first = (self._last_done, self._work_done)
+        if n > 0 and self._steady is None and self.ramp and self._began is not None:
+            self._ramp_marks.append((self._work_done, self._last_done - self._began))
         if n > 0 and self._steady is None and self.ramp and self._work_done >= self.ramp:
             self._steady = (self._last_done, self._work_done)
         elif n > 0 and self._steady is not None:
@@ -252,6 +268,7 @@ class ProgressReporter:
             self.ramp,
             batch=self.batch,
             tail=tail,
+            ramp_marks=tuple(self._ramp_marks),
         )
 
     @staticmethod
@@ -281,6 +298,7 @@ class ProgressReporter:
         """The first batch is in flight: start-up has ended (the API's clock starts here)."""
         if not self.work_started:
             self.work_started = time.time()
+            self._began = time.monotonic()
         self.stage = "working"
 
     def rate(self) -> float:

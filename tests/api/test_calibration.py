@@ -192,3 +192,25 @@ def test_a_phases_tail_is_the_median_of_the_sessions_that_measured_one() -> None
     timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
     assert timeline is not None
     assert timeline.tail_batches == {"training": pytest.approx(0.4)}
+
+
+def test_a_phases_ramp_is_the_median_of_each_mark_over_the_sessions() -> None:
+    """Three sessions' ramped first batches ended 7 items in at 1.0, 1.2 and 1.1 s and 15
+    in at 2.0, 2.6 and 2.2 s; a fourth did 5 photos (one mark, at 5): each mark's median."""
+    def warm(t0: float, marks: tuple[tuple[int, float], ...]) -> tuple[
+        FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]
+    ]:
+        embed = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, ramp_marks=marks,
+                       work_started=at(t0 + 1.0).timestamp())  # fmt: skip
+        return session("warm", t0, {
+            "training": (t0 + 0.5, t0 + 7.0, embed),
+            "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
+            "clustering": (t0 + 11.1, t0 + 12.0, counts(1, None)),
+        }, end=t0 + 12.0)  # fmt: skip
+
+    sessions = [warm(0.0, ((7, 1.0), (15, 2.0))), warm(100.0, ((7, 1.2), (15, 2.6))),
+                warm(200.0, ((5, 0.9),)), warm(300.0, ((7, 1.1), (15, 2.2)))]  # fmt: skip
+    timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
+    assert timeline is not None
+    assert timeline.ramp_s == {"training": {5: pytest.approx(0.9), 7: pytest.approx(1.1),
+                                            15: pytest.approx(2.2)}}  # fmt: skip

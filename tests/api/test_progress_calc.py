@@ -616,6 +616,34 @@ def test_the_steady_pace_is_trusted_over_two_full_batches_not_one() -> None:
     assert two.overall_progress.eta_seconds == round((100 - position) * 60 / 24.0 + after)
 
 
+def test_a_session_whose_ramp_runs_faster_than_its_calibration_is_told_so() -> None:
+    """Earlier sessions took 2.0 s to their first 15 photos (ramped batches of 1, 2, 4
+    and 8) and 0.3 s a photo in all; this one took 1.6 s. Until its own steady pace is
+    known, the calibrated time left is taken as 2.0 / 1.6 times faster. A mark earlier
+    sessions reached in under a second (the first batch) says nothing; nor one they
+    never measured."""
+    curve = {"training": {1: 0.4, 3: 0.8, 15: 2.0}}
+    ramped = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve)), faces=True)
+    after = 1.0 + 0.1 * 100 + 0.5 + 0.01 * 100  # faces, then clustering
+
+    def eta(marks: tuple[tuple[int, float], ...], weights: Weights = ramped) -> int | None:
+        fresh = marks[-1][0]
+        counts = Counts(82, 100, fresh=fresh, active=16, todo=100, batch=16, ramp=31,
+                        work_started=ago(marks[-1][1]).timestamp(), ramp_marks=marks,
+                        last_done=NOW.timestamp())  # fmt: skip
+        embed = PhaseSnapshot(run=running(30), counts=counts, artifact_updated=NOW)
+        snap = starting("warm", 32.0, parent="RUNNING", training=embed)
+        return calc(snap, weights).overall_progress.eta_seconds
+
+    fast = ((1, 0.3), (3, 0.6), (15, 1.6))
+    assert eta(fast, TIMED) == round(85 * 0.3 + after)  # no ramp calibrated
+    assert eta(fast) == round(85 * 0.3 * 1.6 / 2.0 + after)
+    assert eta(fast[:2]) == round(97 * 0.3 + after)  # 0.8 s to 3 photos: too early to say
+    assert eta(((1, 0.3), (3, 0.6), (7, 1.0))) == round(93 * 0.3 + after)  # 7: never measured
+    # and within bounds: a ramp three times as fast is taken as 1.5 times
+    assert eta(((15, 0.6),)) == round(85 * 0.3 / 1.5 + after)
+
+
 def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
     counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(60).timestamp(),
                     pace=12.0, last_done=ago(50).timestamp())

@@ -119,8 +119,10 @@ def test_the_ramp_is_the_small_batches_and_the_first_full_one(
 def test_counts_read_back_as_published() -> None:
     counts = Counts(5, 20, skipped=1, failed=1, per_minute=3.0, active=4, fresh=3, todo=18,
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
-                    ramp=31, batch=16, tail=0.35)  # fmt: skip
+                    ramp=31, batch=16, tail=0.35,
+                    ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)))  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
+    assert Counts.parse(replace(counts, ramp_marks=()).describe()) == replace(counts, ramp_marks=())
     assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
     assert Counts.parse("current=1 total=2") == Counts(1, 2)  # an older artifact
 
@@ -204,6 +206,27 @@ def test_the_tail_is_published_with_the_phases_last_counts_only(
     last = recorder.updates[-1][1]
     assert last is not None and last.done and last.batch == 2
     assert last.tail == pytest.approx(0.4)
+
+
+def test_the_ramped_batches_ends_are_published_from_the_first_batch_in_flight(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ramp of 3 (1 item, then 2): its batches ended 1.5 and 3.5 s after the first
+    went in flight, and are published with the counts from then on; the steady batch
+    after them is no ramp mark."""
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    reporter = ProgressReporter("embed", total=5, interval_s=0.0, heartbeat_s=60, ramp=3,
+                                batch=2, todo=5)  # fmt: skip
+    clock.now = 10.0
+    reporter.begin_work()
+    for now, n in ((11.5, 1), (13.5, 2), (14.5, 2)):
+        clock.now = now
+        reporter.advance(processed=n)
+    assert reporter.counts().ramp_marks == ((1, 1.5), (3, 3.5))
+    reporter.finish()
+    last = recorder.updates[-1][1]
+    assert last is not None and last.ramp_marks == ((1, 1.5), (3, 3.5))
 
 
 def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished(
