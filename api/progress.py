@@ -442,14 +442,16 @@ def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) 
 #: A ramp mark tells this session's speed once earlier sessions took this long to reach
 #: it: before, the first batches' fixed costs and the first result's wait are most of it.
 RAMP_SPEED_MIN_S = 1.0
-#: This session's speed against earlier ones, as its ramp tells it, is kept within these.
-RAMP_SPEED_BOUNDS = (2 / 3, 3 / 2)
+#: This session's speed against earlier ones, as its ramp tells it, is kept within these:
+#: other photos change it by 5-10 %, and a ramp held up once (a stall of 1.9 s was seen
+#: while another process took the cores) must not make the rest look half as fast.
+RAMP_SPEED_BOUNDS = (0.8, 1.25)
 
 
 def _ramp_speed(counts: Counts, calibrated: Mapping[int, float]) -> float:
     """How much faster (above 1) or slower a phase goes than the sessions that calibrated
     it, by its latest ramped batch against theirs at the same items done; 1 when nothing
-    comparable was measured.
+    comparable was measured (within `RAMP_SPEED_BOUNDS`).
 
     The calibrated cost a photo is an average over earlier sessions' photos, and this
     session's may be bigger or smaller: a 10-second session of other photos ran 5-8 %

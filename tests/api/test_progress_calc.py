@@ -640,8 +640,10 @@ def test_a_session_whose_ramp_runs_faster_than_its_calibration_is_told_so() -> N
     assert eta(fast) == round(85 * 0.3 * 1.6 / 2.0 + after)
     assert eta(fast[:2]) == round(97 * 0.3 + after)  # 0.8 s to 3 photos: too early to say
     assert eta(((1, 0.3), (3, 0.6), (7, 1.0))) == round(93 * 0.3 + after)  # 7: never measured
-    # and within bounds: a ramp three times as fast is taken as 1.5 times
-    assert eta(((15, 0.6),)) == round(85 * 0.3 / 1.5 + after)
+    # and within bounds: a ramp three times as fast is taken as 1.25 times, one held up
+    # three times as long as 0.8
+    assert eta(((15, 0.6),)) == round(85 * 0.3 / 1.25 + after)
+    assert eta(((15, 6.0),)) == round(85 * 0.3 / 0.8 + after)
 
 
 def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
