@@ -152,6 +152,7 @@ class ProgressReporter:
     _marks: list[tuple[float, int, float]] = field(default_factory=list)
     """(time.monotonic(), items done, steady pace) at each batch finished at the steady pace."""
     _began: float | None = None  # time.monotonic() when the first batch went in flight
+    _rejected: int = 0  # items refused before any batch (`reject`)
     _ramp_marks: list[tuple[int, float]] = field(default_factory=list)
     """(items done, seconds since work began) at each ramped batch's end (`Counts.ramp_marks`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -233,7 +234,9 @@ class ProgressReporter:
         if first:
             self._first = (self._last_done, self._work_done)
         if n > 0 and self._steady is None and self.ramp and self._began is not None:
-            self._ramp_marks.append((self._work_done, self._last_done - self._began))
+            # By the batches' own items: sessions with other numbers of rejects compare.
+            done = self._work_done - self._rejected
+            self._ramp_marks.append((done, self._last_done - self._began))
         if n > 0 and self._steady is None and self.ramp and self._work_done >= self.ramp:
             self._steady = (self._last_done, self._work_done)
         elif n > 0 and self._steady is not None:
@@ -247,6 +250,7 @@ class ProgressReporter:
         self.current += n
         self.skipped += n
         self._work_done += n
+        self._rejected += n
         self.publish()
 
     def counts(self, done: bool = False) -> Counts:
@@ -352,9 +356,10 @@ class ProgressReporter:
 #: phase's last batches look free, nor twice as slow.
 TAIL_BOUNDS = (-1.0, 0.9)
 
-#: The tail is measured on the batches that finished with 1 to this many full batches
-#: still to do: on a long phase, the steady pace drifts, and the batches far from its end
-#: would measure the drift instead (0.1 % slower a batch over 1,000 items: -1 for 0.4).
+#: The tail is measured on the batches that finished with at least one and fewer than
+#: this many full batches still to do: on a long phase, the steady pace drifts, and the
+#: batches far from its end would measure the drift instead (0.1 % slower a batch over
+#: 1,000 items: -1 for 0.4).
 TAIL_WINDOW = 4
 
 

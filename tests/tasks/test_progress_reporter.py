@@ -229,6 +229,24 @@ def test_the_ramped_batches_ends_are_published_from_the_first_batch_in_flight(
     assert last is not None and last.ramp_marks == ((1, 1.5), (3, 3.5))
 
 
+def test_ramp_marks_count_the_batches_items_not_the_files_rejected_before_them(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two files refused before any batch count as done, but a session with other
+    rejects must compare its ramp with this one's: the marks count the batches' items."""
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    reporter = ProgressReporter("embed", total=7, interval_s=0.0, heartbeat_s=60, ramp=2 + 3,
+                                batch=2, todo=7)  # fmt: skip
+    reporter.reject(2)
+    reporter.begin_work()
+    for now, n in ((1.5, 1), (3.5, 2)):
+        clock.now = now
+        reporter.advance(processed=n)
+    assert reporter.counts().ramp_marks == ((1, 1.5), (3, 3.5))
+    reporter.stop()
+
+
 def test_the_pace_leaves_out_the_ramped_first_batches_once_one_more_has_finished(
     recorder: Recorder,
 ) -> None:
