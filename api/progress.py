@@ -7,6 +7,7 @@ Every client (REST, CLI) goes through `compute_progress`, so they all agree.
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -450,20 +451,23 @@ RAMP_SPEED_BOUNDS = (0.8, 1.25)
 
 def _ramp_speed(counts: Counts, calibrated: Mapping[int, float]) -> float:
     """How much faster (above 1) or slower a phase goes than the sessions that calibrated
-    it, by its latest ramped batch against theirs at the same items done; 1 when nothing
-    comparable was measured (within `RAMP_SPEED_BOUNDS`).
+    it: the median over its ramped batches of their time against earlier sessions' at the
+    same items done (within `RAMP_SPEED_BOUNDS`); 1 when nothing comparable was measured.
 
     The calibrated cost a photo is an average over earlier sessions' photos, and this
     session's may be bigger or smaller: a 10-second session of other photos ran 5-8 %
     faster than its calibration, and its ETA was that much too long until its own steady
     pace was known (`_steady_pace`), a third of the phase in.
     """
-    for items, seconds in reversed(counts.ramp_marks):
-        expected = calibrated.get(items, 0.0)
-        if expected >= RAMP_SPEED_MIN_S and seconds > 0:
-            low, high = RAMP_SPEED_BOUNDS
-            return min(high, max(low, expected / seconds))
-    return 1.0
+    ratios = [
+        calibrated[items] / seconds
+        for items, seconds in counts.ramp_marks
+        if calibrated.get(items, 0.0) >= RAMP_SPEED_MIN_S and seconds > 0
+    ]
+    if not ratios:
+        return 1.0
+    low, high = RAMP_SPEED_BOUNDS
+    return min(high, max(low, statistics.median(ratios)))
 
 
 def _steady_pace(counts: Counts) -> float:
@@ -486,14 +490,17 @@ def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> f
     batches gain on that pace: `tail` of a batch's time, calibrated from earlier sessions
     (`tasks.progress.tail_batches`), and less of it once under a batch is unfinished.
 
-    The gain is counted on the items not finished yet, which stay the same between two
-    batches: counted on `position`, which moves on between them, it would shrink while
-    the last batch computes, and the time left would count down slower than the clock.
+    The gain is the last batch's share of it, the same from the first steady batch to
+    the end, so the time left counts down with the clock: counted on `position`, which
+    moves on between batches, it shrank while the last batch computed; counted on a full
+    batch while the last one is smaller (most sessions: the ramp's 31, then 16 at a
+    time), it fell away when the last one started, and the time left ran to 0 early,
+    then jumped back up.
     """
     todo = max(1, counts.todo)
     items = max(0.0, todo - position)
-    unfinished = max(0, todo - counts.fresh)
-    gain = tail * min(unfinished, counts.batch)  # nothing from an artifact without a batch
+    last = (todo - counts.ramp) % counts.batch or counts.batch if counts.batch > 0 else 0
+    gain = tail * min(max(0, todo - counts.fresh), last)  # nothing without a batch size
     return max(0.0, (items - gain) * 60.0 / pace)
 
 

@@ -533,8 +533,8 @@ def test_between_batches_the_work_goes_on_at_the_phases_own_pace() -> None:
 def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
     """Earlier sessions' last batches beat the steady pace by 0.4 of a batch (they compute
     without the next batch's reads beside them). 40 of 60 done at 12 a minute, in batches
-    of 8: 20 left is 100 s at that pace, less 0.4 * 8 photos' time (16 s). With under a
-    batch left, the gain is that share of what is left."""
+    of 8, so the last holds 4: 20 left is 100 s at that pace, less 0.4 * 4 photos' time
+    (8 s). With the last batch alone left, the same."""
     tailed = session_weights(Calibration(timeline=replace(
         TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
 
@@ -550,24 +550,24 @@ def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
 
     after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
     assert eta(TIMED, 40) == round(20 * 5.0 + after)  # no tail calibrated: the steady pace
-    assert eta(tailed, 40) == round(20 * 5.0 - 0.4 * 8 * 5.0 + after)
+    assert eta(tailed, 40) == round(20 * 5.0 - 0.4 * 4 * 5.0 + after)
     assert eta(tailed, 56) == round(4 * 5.0 * (1 - 0.4) + after)
     training = calc(starting("warm", 24.0, parent="RUNNING", training=embed_at(40)), tailed)
     assert training.phases.training.progress.percentage == pytest.approx(
-        100 * 24.0 / (24.0 + 20 * 5.0 - 16.0), abs=0.01
+        100 * 24.0 / (24.0 + 20 * 5.0 - 8.0), abs=0.01
     )
 
 
 def test_the_last_batchs_time_left_counts_down_with_the_clock() -> None:
-    """The last batch of 8 (52 of 60 done) computes in 0.6 of a steady batch's 40 s, as
-    calibrated: 24 s. Polled 0 s and 10 s after the batch before it finished, the time
-    left is 24 s and 14 s, not a gain that shrinks as the batch goes on."""
+    """The last batch of 8 (52 of 60 done, after a ramp of 4) computes in 0.6 of a steady
+    batch's 40 s, as calibrated: 24 s. Polled 0 s and 10 s after the batch before it
+    finished, the time left is 24 s and 14 s, not a gain that shrinks as the batch goes on."""
     tailed = session_weights(Calibration(timeline=replace(
         TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
     after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
 
     def eta(since_last: float) -> int | None:
-        counts = Counts(82, 100, fresh=52, active=8, todo=60, batch=8, pace=12.0,
+        counts = Counts(82, 100, fresh=52, active=8, todo=60, batch=8, ramp=4, pace=12.0,
                         work_started=ago(200).timestamp(),
                         last_done=ago(since_last).timestamp())  # fmt: skip
         embed = PhaseSnapshot(run=running(202), counts=counts, artifact_updated=ago(since_last))
@@ -576,6 +576,27 @@ def test_the_last_batchs_time_left_counts_down_with_the_clock() -> None:
 
     assert eta(0.0) == round(24.0 + after)
     assert eta(10.0) == round(14.0 + after)
+
+
+def test_a_smaller_last_batch_gains_its_share_from_the_first_steady_batch_on() -> None:
+    """84 to do: a ramp of 31, three batches of 16, then a last one of 5, which gains 0.4
+    of its 5 photos' time (10 s at 12 a minute). As the batch before it ends and it
+    starts, the time left goes on from where it was, not from 0."""
+    tailed = session_weights(Calibration(timeline=replace(
+        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
+    after = 1.0 + 0.1 * 84 + 0.5 + 0.01 * 100  # faces, then clustering
+
+    def eta(fresh: int, active: int, since_last: float) -> int | None:
+        counts = Counts(82, 100, fresh=fresh, active=active, todo=84, batch=16, ramp=31,
+                        pace=12.0, work_started=ago(400).timestamp(),
+                        last_done=ago(since_last).timestamp())  # fmt: skip
+        embed = PhaseSnapshot(run=running(402), counts=counts, artifact_updated=ago(since_last))
+        snap = starting("warm", 404.0, parent="RUNNING", training=embed)
+        return calc(snap, tailed).overall_progress.eta_seconds
+
+    assert eta(63, 21, 0.0) == round((21 - 0.4 * 5) * 5.0 + after)
+    assert eta(63, 21, 70.0) == round((7 - 0.4 * 5) * 5.0 + after)  # the clock's 70 s less
+    assert eta(63, 21, 80.0) == eta(79, 5, 0.0) == round((5 - 0.4 * 5) * 5.0 + after)
 
 
 def test_the_ramped_first_batches_pace_gives_way_to_the_calibrated_one() -> None:
@@ -640,6 +661,10 @@ def test_a_session_whose_ramp_runs_faster_than_its_calibration_is_told_so() -> N
     assert eta(fast) == round(85 * 0.3 * 1.6 / 2.0 + after)
     assert eta(fast[:2]) == round(97 * 0.3 + after)  # 0.8 s to 3 photos: too early to say
     assert eta(((1, 0.3), (3, 0.6), (7, 1.0))) == round(93 * 0.3 + after)  # 7: never measured
+    # the median over the marks earlier sessions took a second or more to reach
+    curve7 = {"training": {7: 1.1, 15: 2.0}}
+    median = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve7)), faces=True)
+    assert eta(((7, 1.1), (15, 1.6)), median) == round(85 * 0.3 / 1.125 + after)
     # and within bounds: a ramp three times as fast is taken as 1.25 times, one held up
     # three times as long as 0.8
     assert eta(((15, 0.6),)) == round(85 * 0.3 / 1.25 + after)
