@@ -3,7 +3,8 @@
 `PHOTOINDEX_CLIP_PRECISION=auto` (the default) runs CLIP in bfloat16 where the CPU
 computes it natively (AVX512-BF16 or AMX-BF16: `tasks.models.clip.native_bfloat16`).
 Both precisions embed the same phone-size photos, preprocessed once, at the batch sizes
-the embed phase uses (its ramp 1, 2, 4, 8, then 16), alternated; float32 is the baseline.
+the embed phase uses (its ramp 1, 2, 4, 8, then 16), a batch of each in turn; float32 is
+the baseline (a photo's share of the median batch time).
 The agreement is the cosine of each photo's bfloat16 embedding to its float32 one.
 
 The weights are ViT-B-32's shape with seeded random values (no CLIP weights are
@@ -34,18 +35,14 @@ PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16")
 BATCHES = (1, 2, 4, 8, 16)
 
 
-def ms_a_photo(model: ClipEmbedder, pixels: torch.Tensor, batch: int, rounds: int) -> float:
-    """The median over `rounds` of one batch's time, a photo's share of it."""
-    model.embed_tensors(pixels[:batch])  # oneDNN prepares its kernels for this shape
-    times = []
-    for r in range(rounds):
-        chunk = pixels[(r * batch) % len(pixels) :][:batch]
-        if len(chunk) < batch:
-            chunk = pixels[:batch]
-        start = time.perf_counter()
-        model.embed_tensors(chunk)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / batch
+def batch_s(model: ClipEmbedder, pixels: torch.Tensor, batch: int, r: int) -> float:
+    """One batch's time: the `r`th of `batch` photos from the set."""
+    chunk = pixels[(r * batch) % len(pixels) :][:batch]
+    if len(chunk) < batch:
+        chunk = pixels[:batch]
+    start = time.perf_counter()
+    model.embed_tensors(chunk)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -76,8 +73,14 @@ def main() -> None:
                           for f in photoset.photo_paths(photos)])  # fmt: skip
     times: dict[Precision, dict[int, float]] = {p: {} for p in PRECISIONS}
     for batch in BATCHES:
+        taken: dict[Precision, list[float]] = {p: [] for p in PRECISIONS}
         for p in PRECISIONS:
-            times[p][batch] = ms_a_photo(models[p], pixels, batch, args.rounds)
+            models[p].embed_tensors(pixels[:batch])  # oneDNN prepares its kernels for it
+        for r in range(args.rounds):  # the two alternated, so drift weighs on both alike
+            for p in PRECISIONS:
+                taken[p].append(batch_s(models[p], pixels, batch, r))
+        for p in PRECISIONS:
+            times[p][batch] = 1000.0 * statistics.median(taken[p]) / batch
     rows = [
         [f"batch {b}", *(f"{times[p][b]:.1f}" for p in PRECISIONS),
          f"x{times['bfloat16'][b] / times['float32'][b]:.2f}"]

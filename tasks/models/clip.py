@@ -73,9 +73,9 @@ def native_bfloat16() -> bool:
 def clip_dtype(precision: Precision) -> torch.dtype:
     """The dtype CLIP runs in: `auto` is bfloat16 where the CPU computes it natively.
 
-    Measured (`bench/bench_clip_precision.py`, ViT-B-32, 2 threads, AVX512-BF16): 24-36
-    ms a photo instead of 50-80 ms, at batch 16 down to 1; the embeddings' cosine to the
-    float32 ones is 0.9999 or more. OpenAI released CLIP's weights in float16 and runs
+    Measured (`bench/bench_clip_precision.py`, ViT-B-32, 2 threads, AVX512-BF16): 24.7-43.5
+    ms a photo instead of 49.3-98.7 ms, at batch 16 down to 1; the embeddings' cosine to
+    the float32 ones is 0.99995 or more. OpenAI released CLIP's weights in float16 and runs
     them so on GPUs: reduced precision is how the model is used. The model's id does not
     change with it, so a library indexed in one precision is not embedded again in the
     other.
