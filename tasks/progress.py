@@ -159,9 +159,10 @@ class ProgressReporter:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """Create the artifact at 0 (or at what earlier runs already did); start the heartbeat."""
-        self._create()
-        # In the phase's context: an artifact created later (Prefect was down) is its run's.
+        """Start the reporter's thread, which creates the artifact at 0 (or at what earlier
+        runs already did) as its first act, then publishes and beats. The phase goes on
+        meanwhile: a warm session's three phases waited 20-30 ms each for the creation."""
+        # In the phase's context: the artifact it creates is its run's.
         self._beater = threading.Thread(
             target=contextvars.copy_context().run, args=(self._beat,),
             name=f"{self.phase}-heartbeat", daemon=True,
@@ -182,6 +183,7 @@ class ProgressReporter:
         """Publish the counts the phase posts: at once when urgent, else when the throttle
         allows (results that finish just after a publish show within `interval_s`, not
         with the next batch), and beat while nothing happens."""
+        self._create()
         while True:
             since = time.monotonic() - self._last_publish
             with self._lock:
