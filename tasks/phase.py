@@ -78,6 +78,9 @@ class Phase(ABC, Generic[Item, Read, Computed]):
     name: str
     batch_size: int = 16
     serial_compute: bool = True  # False: batches compute in parallel (single-threaded models)
+    #: Whether the first batches are ramped (1, 2, 4, ... items, `ramped_chunks`), so the
+    #: first results come within one item's time: for a phase whose items take long.
+    ramped: bool = True
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
@@ -319,9 +322,14 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     if todo and phase.settings.task_runner == "threads":  # Dask workers load their own
         reporter.set_stage("loading")
         phase.prepare()
-    queue = ramped_chunks(sorted(todo, key=phase.key), phase.batch_size)
+    ordered = sorted(todo, key=phase.key)
+    size = phase.batch_size
+    if phase.ramped:
+        queue = ramped_chunks(ordered, size)
+    else:
+        queue = [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]
     # The rejects are counted done before any batch: the ramp starts after them.
-    reporter.ramp = len(new_rejects) + ramp_items(queue, phase.batch_size)
+    reporter.ramp = len(new_rejects) + (ramp_items(queue, size) if phase.ramped else 0)
     reporter.batch = phase.batch_size
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}

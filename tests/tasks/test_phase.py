@@ -39,6 +39,7 @@ class Library:
     wait_for_a_write: set[str] = field(default_factory=set)  # their batch raises after one
     failing_writes: int = 0  # so many writes raise before they work again
     computed: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     written: threading.Event = field(default_factory=threading.Event)
 
@@ -78,6 +79,7 @@ class FakePhase(Phase[Item, list[Item], list[tuple[Item, str | None]]]):
         return item.path
 
     def read(self, batch: Sequence[Item]) -> list[Item]:
+        self.library.batch_sizes.append(len(batch))
         keys = {item.key for item in batch}
         if keys & self.library.wait_for_a_write:
             assert self.library.written.wait(30), "no other batch was written"
@@ -183,6 +185,31 @@ def test_a_first_run_records_every_item_and_counts_them(
     # the pace is trusted after the ramped batches (1, then 2), counted on from the
     # rejected file: it is done before any batch, and says nothing of the pace
     assert (last[1].fresh, last[1].ramp, last[1].batch) == (6, 1 + 3, 2)
+
+
+class UnrampedPhase(FakePhase):
+    batch_size = 4
+    ramped = False
+
+
+@pytest.mark.parametrize(("phase", "sizes", "ramp"), [
+    (FakePhase, [1, 2, 2], 1 + 3),  # 1, then 2, then what is left of 4 (the ramp: 1, 2)
+    (UnrampedPhase, [4, 1], 1),  # full batches from the start: the reject is all of it
+])  # fmt: skip
+def test_a_phase_ramps_its_first_batches_unless_it_says_not_to(
+    settings: Settings,
+    library: tuple[str, Library],
+    recorder: Recorder,
+    phase: type[FakePhase],
+    sizes: list[int],
+    ramp: int,
+) -> None:
+    model, lib = library
+    lib.rejected = [Rejection("path:/photos/x.txt", "/photos/x.txt", "not an image")]
+    run_fake(phase(settings, model))
+    assert sorted(lib.batch_sizes, reverse=True) == sorted(sizes, reverse=True)
+    last = recorder.updates[-1][1]
+    assert last is not None and last.ramp == ramp
 
 
 def test_a_second_run_reuses_what_is_done_and_follows_moves_and_removals(
