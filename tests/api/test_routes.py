@@ -82,7 +82,9 @@ def launcher() -> FakeLauncher:
 def client(library: Path, data: Path, launcher: FakeLauncher) -> Iterator[TestClient]:
     """The API with Prefect unreachable and fake library services."""
     settings = Settings(prefect_api_url=UNREACHABLE, library_roots=[library], data_dir=data)
-    app = create_app(settings, PrefectReader(settings, timeout_s=3))
+    # Prefect's client retries a refused connection in its transport (3 tries, 0.5 + 1 s of
+    # backoff): a 3 s limit read as a timeout, not "unreachable", on a loaded CI machine.
+    app = create_app(settings, PrefectReader(settings, timeout_s=10))
     app.dependency_overrides[get_launcher] = lambda: launcher
     app.dependency_overrides[get_search] = lambda: FakeSearch(settings)
     app.dependency_overrides[get_persons] = lambda: FakeDirectory(settings)
