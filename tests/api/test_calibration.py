@@ -174,21 +174,25 @@ def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> Non
     assert timeline.overhead_s["faceDetection"] == pytest.approx(1.0)
 
 
+def warm_with_embed(
+    t0: float, tail: float | None = None, ramp_marks: tuple[tuple[int, float], ...] = ()
+) -> tuple[FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]]:
+    """A warm session of 80 new photos whose embed phase's last counts say `tail` and
+    `ramp_marks`."""
+    counts_ = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, tail=tail,
+                     ramp_marks=ramp_marks, work_started=at(t0 + 1.0).timestamp())  # fmt: skip
+    return session("warm", t0, {
+        "training": (t0 + 0.5, t0 + 7.0, counts_),
+        "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
+        "clustering": (t0 + 11.1, t0 + 12.0, counts(1, None)),
+    }, end=t0 + 12.0)  # fmt: skip
+
+
 def test_a_phases_tail_is_the_median_of_the_sessions_that_measured_one() -> None:
     """Embed's last batches beat its steady pace by 0.3, 0.4 and 0.9 of a batch in three
     sessions; a fourth did too few photos to say (no tail): the median is 0.4."""
-    def warm(t0: float, tail: float | None) -> tuple[
-        FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]
-    ]:
-        embed = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, tail=tail,
-                       work_started=at(t0 + 1.0).timestamp())  # fmt: skip
-        return session("warm", t0, {
-            "training": (t0 + 0.5, t0 + 7.0, embed),
-            "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
-            "clustering": (t0 + 11.1, t0 + 12.0, counts(1, None)),
-        }, end=t0 + 12.0)  # fmt: skip
-
-    sessions = [warm(0.0, 0.3), warm(100.0, 0.9), warm(200.0, None), warm(300.0, 0.4)]
+    sessions = [warm_with_embed(0.0, tail=0.3), warm_with_embed(100.0, tail=0.9),
+                warm_with_embed(200.0, tail=None), warm_with_embed(300.0, tail=0.4)]  # fmt: skip
     timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
     assert timeline is not None
     assert timeline.tail_batches == {"training": pytest.approx(0.4)}
@@ -197,19 +201,10 @@ def test_a_phases_tail_is_the_median_of_the_sessions_that_measured_one() -> None
 def test_a_phases_ramp_is_the_median_of_each_mark_over_the_sessions() -> None:
     """Three sessions' ramped first batches ended 7 items in at 1.0, 1.2 and 1.1 s and 15
     in at 2.0, 2.6 and 2.2 s; a fourth did 5 photos (one mark, at 5): each mark's median."""
-    def warm(t0: float, marks: tuple[tuple[int, float], ...]) -> tuple[
-        FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]
-    ]:
-        embed = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, ramp_marks=marks,
-                       work_started=at(t0 + 1.0).timestamp())  # fmt: skip
-        return session("warm", t0, {
-            "training": (t0 + 0.5, t0 + 7.0, embed),
-            "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
-            "clustering": (t0 + 11.1, t0 + 12.0, counts(1, None)),
-        }, end=t0 + 12.0)  # fmt: skip
-
-    sessions = [warm(0.0, ((7, 1.0), (15, 2.0))), warm(100.0, ((7, 1.2), (15, 2.6))),
-                warm(200.0, ((5, 0.9),)), warm(300.0, ((7, 1.1), (15, 2.2)))]  # fmt: skip
+    sessions = [warm_with_embed(0.0, ramp_marks=((7, 1.0), (15, 2.0))),
+                warm_with_embed(100.0, ramp_marks=((7, 1.2), (15, 2.6))),
+                warm_with_embed(200.0, ramp_marks=((5, 0.9),)),
+                warm_with_embed(300.0, ramp_marks=((7, 1.1), (15, 2.2)))]  # fmt: skip
     timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
     assert timeline is not None
     assert timeline.ramp_s == {"training": {5: pytest.approx(0.9), 7: pytest.approx(1.1),
