@@ -410,6 +410,11 @@ TIMELINE = Timeline(
     sessions=2,
 )
 TIMED = session_weights(Calibration(timeline=TIMELINE), faces=True)
+#: The same, with earlier sessions' embed phases ending 0.4 of a batch sooner than their
+#: steady pace said (`tasks.progress.tail_batches`).
+TAILED = session_weights(
+    Calibration(timeline=replace(TIMELINE, tail_batches={"training": 0.4})), faces=True
+)
 
 
 def starting(route: str, created_s: float, parent: str = "PENDING", **phases: PhaseSnapshot
@@ -535,8 +540,6 @@ def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
     without the next batch's reads beside them). 40 of 60 done at 12 a minute, in batches
     of 8, so the last holds 4: 20 left is 100 s at that pace, less 0.4 * 4 photos' time
     (8 s). With the last batch alone left, the same."""
-    tailed = session_weights(Calibration(timeline=replace(
-        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
 
     def embed_at(fresh: int) -> PhaseSnapshot:
         counts = Counts(82, 100, fresh=fresh, active=8, todo=60, batch=8,
@@ -550,9 +553,9 @@ def test_the_last_batches_gain_on_the_steady_pace_as_calibrated() -> None:
 
     after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
     assert eta(TIMED, 40) == round(20 * 5.0 + after)  # no tail calibrated: the steady pace
-    assert eta(tailed, 40) == round(20 * 5.0 - 0.4 * 4 * 5.0 + after)
-    assert eta(tailed, 56) == round(4 * 5.0 * (1 - 0.4) + after)
-    training = calc(starting("warm", 24.0, parent="RUNNING", training=embed_at(40)), tailed)
+    assert eta(TAILED, 40) == round(20 * 5.0 - 0.4 * 4 * 5.0 + after)
+    assert eta(TAILED, 56) == round(4 * 5.0 * (1 - 0.4) + after)
+    training = calc(starting("warm", 24.0, parent="RUNNING", training=embed_at(40)), TAILED)
     assert training.phases.training.progress.percentage == pytest.approx(
         100 * 24.0 / (24.0 + 20 * 5.0 - 8.0), abs=0.01
     )
@@ -562,8 +565,6 @@ def test_the_last_batchs_time_left_counts_down_with_the_clock() -> None:
     """The last batch of 8 (52 of 60 done, after a ramp of 4) computes in 0.6 of a steady
     batch's 40 s, as calibrated: 24 s. Polled 0 s and 10 s after the batch before it
     finished, the time left is 24 s and 14 s, not a gain that shrinks as the batch goes on."""
-    tailed = session_weights(Calibration(timeline=replace(
-        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
     after = 7.0 + 1.5  # faces 1 + 0.1 * 60, clustering 0.5 + 0.01 * 100
 
     def eta(since_last: float) -> int | None:
@@ -572,7 +573,7 @@ def test_the_last_batchs_time_left_counts_down_with_the_clock() -> None:
                         last_done=ago(since_last).timestamp())  # fmt: skip
         embed = PhaseSnapshot(run=running(202), counts=counts, artifact_updated=ago(since_last))
         snap = starting("warm", 204.0, parent="RUNNING", training=embed)
-        return calc(snap, tailed).overall_progress.eta_seconds
+        return calc(snap, TAILED).overall_progress.eta_seconds
 
     assert eta(0.0) == round(24.0 + after)
     assert eta(10.0) == round(14.0 + after)
@@ -582,8 +583,6 @@ def test_a_smaller_last_batch_gains_its_share_from_the_first_steady_batch_on() -
     """84 to do: a ramp of 31, three batches of 16, then a last one of 5, which gains 0.4
     of its 5 photos' time (10 s at 12 a minute). As the batch before it ends and it
     starts, the time left goes on from where it was, not from 0."""
-    tailed = session_weights(Calibration(timeline=replace(
-        TIMELINE, tail_batches={"training": 0.4})), faces=True)  # fmt: skip
     after = 1.0 + 0.1 * 84 + 0.5 + 0.01 * 100  # faces, then clustering
 
     def eta(fresh: int, active: int, since_last: float) -> int | None:
@@ -592,7 +591,7 @@ def test_a_smaller_last_batch_gains_its_share_from_the_first_steady_batch_on() -
                         last_done=ago(since_last).timestamp())  # fmt: skip
         embed = PhaseSnapshot(run=running(402), counts=counts, artifact_updated=ago(since_last))
         snap = starting("warm", 404.0, parent="RUNNING", training=embed)
-        return calc(snap, tailed).overall_progress.eta_seconds
+        return calc(snap, TAILED).overall_progress.eta_seconds
 
     assert eta(63, 21, 0.0) == round((21 - 0.4 * 5) * 5.0 + after)
     assert eta(63, 21, 70.0) == round((7 - 0.4 * 5) * 5.0 + after)  # the clock's 70 s less
