@@ -25,7 +25,7 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 
 from photoindex.settings import Settings, get_settings
-from tasks.catalog import Catalog, status_row
+from tasks.catalog import Catalog, chunks, status_row
 from tasks.control import checkpoint
 from tasks.progress import ProgressReporter
 
@@ -322,15 +322,14 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     if todo and phase.settings.task_runner == "threads":  # Dask workers load their own
         reporter.set_stage("loading")
         phase.prepare()
-    ordered = sorted(todo, key=phase.key)
-    size = phase.batch_size
+    ordered, size = sorted(todo, key=phase.key), phase.batch_size
     if phase.ramped:
         queue = ramped_chunks(ordered, size)
     else:
-        queue = [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]
+        queue = [list(chunk) for chunk in chunks(ordered, size)]
     # The rejects are counted done before any batch: the ramp starts after them.
     reporter.ramp = len(new_rejects) + (ramp_items(queue, size) if phase.ramped else 0)
-    reporter.batch = phase.batch_size
+    reporter.batch = size
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 
