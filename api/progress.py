@@ -499,7 +499,7 @@ def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> f
     """
     todo = max(1, counts.todo)
     items = max(0.0, todo - position)
-    last = (todo - counts.ramp) % counts.batch or counts.batch if counts.batch > 0 else 0
+    last = ((todo - counts.ramp) % counts.batch or counts.batch) if counts.batch > 0 else 0
     gain = tail * min(max(0, todo - counts.fresh), last)  # nothing without a batch size
     return max(0.0, (items - gain) * 60.0 / pace)
 
