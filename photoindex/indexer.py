@@ -297,8 +297,9 @@ class WarmIndexer:
                     continue
                 self.running = session_id
                 try:
-                    if claim(session_id, route="warm"):
-                        run_session(session_id)
+                    flow_run = claim(session_id, route="warm")
+                    if flow_run is not None:
+                        run_session(flow_run)
                 except Exception:  # a failed session must not take the service down
                     logger.exception("session %s failed to run", session_id)
                 finally:
