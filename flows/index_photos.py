@@ -25,10 +25,7 @@ from tasks.phase import PhaseSummary
 def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
     """Index a photo folder: CLIP embeddings, then faces and persons."""
     log = get_run_logger()
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
-    folder = str(root.resolve())
+    folder = session_folder(folder)
     settings = get_settings()
     session = str(flow_run.get_id() or "?")
     # The vector store's libraries (qdrant_client: 1.4 s of imports) load after start.
@@ -65,6 +62,14 @@ def index_photos(folder: str, faces: bool = True) -> list[PhaseSummary]:
             s.seconds,
         )
     return summaries
+
+
+def session_folder(folder: str) -> str:
+    """The folder a session indexes, as its phases name it: absolute and resolved."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    return str(root.resolve())
 
 
 def tidy(settings: Settings) -> None:

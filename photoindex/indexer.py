@@ -26,6 +26,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,8 @@ class IndexerClient:
         return reply
 
     def status(self) -> dict[str, Any]:
-        """Its pid, settings fingerprint, loaded models, model loads and sessions run."""
+        """Its pid, settings fingerprint, loaded models, model loads, sessions run and the
+        last one's read-ahead."""
         return self.ask({"op": "status"})
 
     def unload(self) -> list[str]:
@@ -120,6 +123,8 @@ class WarmIndexer:
         self.path = socket_path(settings)
         self.sessions: queue.Queue[UUID] = queue.Queue()
         self.sessions_run = 0
+        self.read_ahead: dict[str, int] = {}
+        """The last session's read-ahead: photos decoded, and taken by its embed phase."""
         self.running: UUID | None = None
         self.last_used = time.monotonic()
         self._last_due_check = 0.0
@@ -183,6 +188,7 @@ class WarmIndexer:
             "models": loaded_models(),
             "model_loads": base.load_count,
             "sessions_run": self.sessions_run,
+            "read_ahead": self.read_ahead,
             "running": str(self.running) if self.running else None,
             "queued": self.sessions.qsize(),
         }
@@ -265,6 +271,29 @@ class WarmIndexer:
                 return
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
+    @contextmanager
+    def _reading_ahead(self, parameters: dict[str, Any]) -> Iterator[None]:
+        """Decode the session's first photos to do while Prefect starts its runs
+        (`tasks.readahead`); not when batches run on Dask workers, who decode their own."""
+        from flows.embed_images import embed_phase
+        from flows.index_photos import session_folder
+        from tasks.readahead import reading_ahead
+
+        try:
+            folder = session_folder(str(parameters["folder"]))
+        except (KeyError, OSError):  # the session's own run says what is wrong
+            folder = None
+        if folder is None or self.settings.task_runner != "threads":
+            yield
+            return
+        ahead = None
+        try:
+            with reading_ahead(embed_phase(folder, bool(parameters.get("faces", True)))) as ahead:
+                yield
+        finally:
+            if ahead is not None:
+                self.read_ahead = {"decoded": ahead.decoded, "taken": ahead.taken}
+
     def serve_forever(self) -> None:
         """Warm up, listen, and run sessions until SIGTERM or SIGINT."""
         from photoindex.runner import claim, run_session
@@ -299,7 +328,8 @@ class WarmIndexer:
                 try:
                     flow_run = claim(session_id, route="warm")
                     if flow_run is not None:
-                        run_session(flow_run)
+                        with self._reading_ahead(flow_run.parameters):
+                            run_session(flow_run)
                 except Exception:  # a failed session must not take the service down
                     logger.exception("session %s failed to run", session_id)
                 finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from photoindex.settings import Settings
+from tasks import readahead
 from tasks.catalog import display_path, now_utc
 from tasks.decode import Decoded, Order, SkipImage, decode_image
 from tasks.discover import ImageRef, discover_images
@@ -87,7 +88,13 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         return [(ref, self.decode_one(ref)) for ref in batch]
 
     def decode_one(self, ref: ImageRef) -> Decoded | SkipImage:
-        """One photo at this phase's size and channel order, or why it cannot be used."""
+        """One photo at this phase's size and channel order, or why it cannot be used;
+        a warm indexer may have decoded it already (`tasks.readahead`)."""
+        ahead = readahead.take(ref, readahead.params_of(self))
+        return self.decode_fresh(ref) if ahead is None else ahead
+
+    def decode_fresh(self, ref: ImageRef) -> Decoded | SkipImage:
+        """`decode_one`, from the file."""
         try:
             return decode_image(
                 ref.path,

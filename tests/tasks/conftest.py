@@ -1,15 +1,28 @@
-"""A stand-in for Prefect's progress artifacts: what a phase published, without a server."""
+"""Shared fixtures of the phases' tests: settings with a data folder of the test's own, and
+a stand-in for Prefect's progress artifacts (what a phase published, without a server)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 
+from photoindex.settings import Settings, get_settings
 from tasks import progress
 from tasks.progress import Counts
+from tests.resilience.helpers import seed_face_models
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The session's settings with a data folder (catalog, cache, face models) of this
+    test's own. Modules that need other settings define their own fixture."""
+    data = tmp_path / "data"
+    seed_face_models(data)
+    return get_settings().model_copy(update={"data_dir": data})
 
 
 class Recorder:

@@ -8,23 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from photoindex.settings import Settings, get_settings
+from photoindex.settings import Settings
 from tasks.discover import ImageRef
 from tasks.embed import EmbedPhase
 from tasks.face_inputs import FaceInput, FaceInputs, clear_inputs, find_faces, inputs_root
 from tasks.faces import FacesPhase
 from tests.photos import CORRUPT, real_photos
-from tests.resilience.helpers import seed_face_models
 
 pytestmark = pytest.mark.usefixtures("data_dir")
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """The session's settings with a data folder (catalog, cache) of this test's own."""
-    data = tmp_path / "data"
-    seed_face_models(data)
-    return get_settings().model_copy(update={"data_dir": data})
 
 
 def _library(root: Path) -> Path:
