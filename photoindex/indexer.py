@@ -136,9 +136,12 @@ class WarmIndexer:
 
         Measured before (bench_warm_start): the indexer's first session took 0.5-0.8 s
         longer to cluster than the next ones (hdbscan's imports) and 0.6 s longer to
-        start embedding (the vector store's imports and the models' first passes).
+        start embedding (the vector store's imports and the models' first passes); then
+        0.26 s longer to start its first subflow (the imports below, found with cProfile).
         """
         import numpy as np
+        import prefect.task_engine  # noqa: F401  (the batches' task runs)
+        import prefect.utilities.visualization  # noqa: F401  (a subflow's call imports it)
         from PIL import Image
 
         import flows.index_photos  # noqa: F401  (torch, open_clip, onnxruntime)
@@ -161,6 +164,9 @@ class WarmIndexer:
         faces.encoder.embed(np.full((112, 112, 3), 128, dtype=np.uint8))
         cluster_embeddings(np.random.default_rng(0).standard_normal((16, 8)))
         passes = time.monotonic() - started - loaded
+        # A subflow's parameters go through fastapi's encoder: its first use imports
+        # fastapi (0.28 s here).
+        flows.index_photos.index_photos.serialize_parameters({"folder": "/", "faces": True})
         self._tidy_prefect()
         logger.info("warm: models loaded in %.1f s, first passes %.1f s", loaded, passes)
 
