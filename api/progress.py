@@ -389,8 +389,10 @@ def _timed(
         if start is not None and counts is not None and counts.work_started > 0:
             overhead = max(0.0, counts.work_started - start.timestamp())  # measured by now
         work = timeline.per_unit_s.get(key, 0.0) * units
+        ramp, speed = timeline.ramp_s.get(key, {}), 1.0
         if counts is not None and statuses[key] not in _DONE:
-            work /= _ramp_speed(counts, timeline.ramp_s.get(key, {}))
+            speed = _ramp_speed(counts, ramp)
+            work /= speed
         total = max(overhead + work, 1e-6)
         run = snap.phase(key).run
         if statuses[key] in _DONE and start is not None and run and run.end_time:
@@ -404,13 +406,12 @@ def _timed(
             # In time, not in photos: what it has taken so far and what is left. The first,
             # ramped batches cost more a photo than the steady ones, so a share of photos
             # would lag the clock.
-            todo = max(1, counts.todo)
             now = snap.now.timestamp()
-            position = _position(counts, work, now)
             pace = _steady_pace(counts)
             left[key] = (
-                _steady_left(counts, position, pace, timeline.tail_batches.get(key, 0.0))
-                if pace > 0 else work * (1.0 - position / todo)
+                _steady_left(counts, _position(counts, pace, now), pace,
+                             timeline.tail_batches.get(key, 0.0))
+                if pace > 0 else _calibrated_left(counts, work, now, ramp, speed)
             )  # fmt: skip
             worked = overhead + max(0.0, now - counts.work_started)
             expected[key] = max(worked + left[key], 1e-6)
@@ -504,25 +505,47 @@ def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> f
     return max(0.0, (items - gain) * 60.0 / pace)
 
 
-def _position(counts: Counts, work_s: float, now: float) -> float:
-    """How many of a running phase's items are done by now, in fractions of an item.
+def _position(counts: Counts, pace: float, now: float) -> float:
+    """How many of a running phase's items are done by now at its steady pace (items a
+    minute), in fractions of an item: counted a batch at a time, so between two batches
+    the work goes on at that pace since the last finished. Never past the items finished
+    or in flight."""
+    guess = counts.fresh + pace / 60.0 * max(0.0, now - counts.last_done)
+    return _within_flight(counts, guess)
 
-    Items are counted a batch at a time. Between two batches the work goes on at the
-    phase's own steady pace since the last finished; before that pace is known, at the
-    calibrated pace since the last finished (or since work began). Never past the items
-    finished or in flight.
+
+def _within_flight(counts: Counts, guess: float) -> float:
+    """Items done, as guessed, but no fewer than finished and no more than in flight."""
+    ceiling = min(max(1, counts.todo), counts.fresh + counts.active)
+    return max(float(min(counts.fresh, max(1, counts.todo))), min(guess, ceiling))
+
+
+def _calibrated_left(
+    counts: Counts, work_s: float, now: float, ramp: Mapping[int, float], speed: float
+) -> float:
+    """Seconds left to a running phase whose steady pace is not known yet, along its
+    calibrated timeline: `work_s` in all (at this session's `speed`), of which earlier
+    sessions had spent `ramp[n]` when n items were done.
+
+    The first, ramped batches cost more a photo than the rest (each pays a batch's fixed
+    costs), so the time left is counted from the last ramp mark both this session and
+    earlier ones reached, not as the photos' share of the whole: that share left the
+    photos after the ramp their average cost, and a 10-second warm session's ETA ran
+    10-20 % long (and its bar 2-4 points behind) until its own pace was known. Past the
+    mark, the items go at the calibrated rate of the rest, between batches by the clock.
     """
     todo = max(1, counts.todo)
-    pace = _steady_pace(counts)
+    marks = [(n, ramp[n] / speed) for n, _ in counts.ramp_marks if n in ramp and n < todo]
+    items, spent = max(marks) if marks else (0, 0.0)
+    if spent >= work_s:  # the earlier sessions' ramp was most of their work: no anchor
+        items, spent = 0, 0.0
+    rest = work_s - spent
+    if rest <= 0:
+        return 0.0
+    rate = (todo - items) / rest  # items a second from the mark on
     since = counts.last_done if counts.last_done > 0 else counts.work_started
-    if pace > 0 and counts.last_done > 0:
-        guess = counts.fresh + pace / 60.0 * max(0.0, now - counts.last_done)
-    elif work_s > 0:
-        guess = counts.fresh + todo * max(0.0, now - since) / work_s
-    else:
-        guess = float(todo)
-    ceiling = min(todo, counts.fresh + counts.active)
-    return max(float(min(counts.fresh, todo)), min(guess, ceiling))
+    position = _within_flight(counts, counts.fresh + rate * max(0.0, now - since))
+    return max(0.0, rest - (position - items) / rate)
 
 
 def _stage_message(snap: SessionSnapshot) -> str | None:

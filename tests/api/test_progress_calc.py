@@ -639,9 +639,9 @@ def test_the_steady_pace_is_trusted_over_two_full_batches_not_one() -> None:
 def test_a_session_whose_ramp_runs_faster_than_its_calibration_is_told_so() -> None:
     """Earlier sessions took 2.0 s to their first 15 photos (ramped batches of 1, 2, 4
     and 8) and 0.3 s a photo in all; this one took 1.6 s. Until its own steady pace is
-    known, the calibrated time left is taken as 2.0 / 1.6 times faster. A mark earlier
-    sessions reached in under a second (the first batch) says nothing; nor one they
-    never measured."""
+    known, the calibrated time left after those 15 is taken as 2.0 / 1.6 times faster. A
+    mark earlier sessions reached in under a second (the first batch) says nothing of
+    the speed; nor one they never measured."""
     curve = {"training": {1: 0.4, 3: 0.8, 15: 2.0}}
     ramped = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve)), faces=True)
     after = 1.0 + 0.1 * 100 + 0.5 + 0.01 * 100  # faces, then clustering
@@ -657,17 +657,46 @@ def test_a_session_whose_ramp_runs_faster_than_its_calibration_is_told_so() -> N
 
     fast = ((1, 0.3), (3, 0.6), (15, 1.6))
     assert eta(fast, TIMED) == round(85 * 0.3 + after)  # no ramp calibrated
-    assert eta(fast) == round(85 * 0.3 * 1.6 / 2.0 + after)
-    assert eta(fast[:2]) == round(97 * 0.3 + after)  # 0.8 s to 3 photos: too early to say
-    assert eta(((1, 0.3), (3, 0.6), (7, 1.0))) == round(93 * 0.3 + after)  # 7: never measured
+    assert eta(fast) == round((100 * 0.3 - 2.0) * 1.6 / 2.0 + after)
+    # 0.8 s to 3 photos: too early to say how fast; the time left is counted from there
+    assert eta(fast[:2]) == round(100 * 0.3 - 0.8 + after)
+    # 7 was never measured: from the last mark that was, 3, at the rest's calibrated rate
+    assert eta(((1, 0.3), (3, 0.6), (7, 1.0))) == round((30 - 0.8) * (1 - 4 / 97) + after)
     # the median over the marks earlier sessions took a second or more to reach
     curve7 = {"training": {7: 1.1, 15: 2.0}}
     median = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve7)), faces=True)
-    assert eta(((7, 1.1), (15, 1.6)), median) == round(85 * 0.3 / 1.125 + after)
+    assert eta(((7, 1.1), (15, 1.6)), median) == round((30 - 2.0) / 1.125 + after)
     # and within bounds: a ramp three times as fast is taken as 1.25 times, one held up
     # three times as long as 0.8
-    assert eta(((15, 0.6),)) == round(85 * 0.3 / 1.25 + after)
-    assert eta(((15, 6.0),)) == round(85 * 0.3 / 0.8 + after)
+    assert eta(((15, 0.6),)) == round((30 - 2.0) / 1.25 + after)
+    assert eta(((15, 6.0),)) == round((30 - 2.0) / 0.8 + after)
+
+
+def test_the_photos_after_the_ramp_cost_what_earlier_sessions_spent_on_them() -> None:
+    """Earlier sessions spent 6 of their 30 s of embedding (100 photos, 0.3 s each on
+    average) on their first 15 photos, the ramped batches of 1, 2, 4 and 8: 0.4 s a
+    photo. This session, as fast to the same mark, has the other 24 s left, not the 85
+    photos' average share of 25.5 s; and, between batches, the time left counts down
+    with the clock."""
+    curve = {"training": {1: 1.0, 3: 2.0, 7: 3.5, 15: 6.0}}
+    weights = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve)), faces=True)
+    after = 1.0 + 0.1 * 100 + 0.5 + 0.01 * 100  # faces, then clustering
+    marks = ((1, 1.0), (3, 2.0), (7, 3.5), (15, 6.0))
+
+    def at(since_last: float) -> UnifiedProgressResponse:
+        counts = Counts(82, 100, fresh=15, active=16, todo=100, batch=16, ramp=31,
+                        work_started=ago(6.0 + since_last).timestamp(), ramp_marks=marks,
+                        last_done=ago(since_last).timestamp())  # fmt: skip
+        embed = PhaseSnapshot(run=running(8 + since_last), counts=counts,
+                              artifact_updated=ago(since_last))  # fmt: skip
+        return calc(starting("warm", 8.0 + since_last, parent="RUNNING", training=embed), weights)
+
+    now = at(0.0)  # 2 s of start-up, 6 of work, 24 to come
+    assert now.overall_progress.eta_seconds == round(24.0 + after)
+    assert now.phases.training.progress.percentage == pytest.approx(100 * 8 / 32, abs=0.01)
+    later = at(2.0)
+    assert later.overall_progress.eta_seconds == round(22.0 + after)
+    assert later.phases.training.progress.percentage == pytest.approx(100 * 10 / 32, abs=0.01)
 
 
 def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
