@@ -45,6 +45,7 @@ class Counts:
     last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
     pace: float = 0.0  # items a minute to the last finished, from the ramp's end (0: none)
     ramp: int = 0  # items rejected, then of the small first batches and the first full one
+    # (a phase that does not ramp: of its first batches, in flight together)
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
     batch: int = 0  # items a full batch holds (0: not said)
     tail: float | None = None  # at the end: how many batches' time the steady pace overstated

@@ -194,7 +194,8 @@ class UnrampedPhase(FakePhase):
 
 @pytest.mark.parametrize(("phase", "sizes", "ramp"), [
     (FakePhase, [1, 2, 2], 1 + 3),  # 1, then 2, then what is left of 4 (the ramp: 1, 2)
-    (UnrampedPhase, [4, 1], 1),  # full batches from the start: the reject is all of it
+    # full batches from the start; the first two, in flight together, are its ramp
+    (UnrampedPhase, [4, 1], 1 + 5),
 ])  # fmt: skip
 def test_a_phase_ramps_its_first_batches_unless_it_says_not_to(
     settings: Settings,
