@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -325,7 +326,8 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     ordered, size = sorted(todo, key=phase.key), phase.batch_size
     if phase.ramped:
         queue = ramped_chunks(ordered, size)
-    else:
+    else:  # a small phase's items spread evenly over the batches in flight
+        size = min(size, max(1, math.ceil(len(ordered) / phase.settings.batches_in_flight)))
         queue = [list(chunk) for chunk in chunks(ordered, size)]
     # The rejects are counted done before any batch: the ramp starts after them. A phase
     # that does not ramp starts its first batches together, and they end close together:

@@ -194,8 +194,9 @@ class UnrampedPhase(FakePhase):
 
 @pytest.mark.parametrize(("phase", "sizes", "ramp"), [
     (FakePhase, [1, 2, 2], 1 + 3),  # 1, then 2, then what is left of 4 (the ramp: 1, 2)
-    # full batches from the start; the first two, in flight together, are its ramp
-    (UnrampedPhase, [4, 1], 1 + 5),
+    # no small first batches: its 5 items spread over the two batches in flight (not 4
+    # and 1), which, started together, are its ramp
+    (UnrampedPhase, [3, 2], 1 + 5),
 ])  # fmt: skip
 def test_a_phase_ramps_its_first_batches_unless_it_says_not_to(
     settings: Settings,
