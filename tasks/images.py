@@ -38,7 +38,10 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         return (self.folder, self.settings)
 
     def discover(self) -> tuple[Sequence[ImageRef], Sequence[Rejection]]:
-        images, rejected = discover_images(self.folder, known=self.catalog.known_files())
+        # A file unchanged since it was last hashed (same size and mtime) keeps its hash: the
+        # catalog's, or the one a warm indexer's read-ahead took moments ago.
+        known = self.catalog.known_files() | readahead.hashed()
+        images, rejected = discover_images(self.folder, known=known)
         self.catalog.write_manifest(
             str(self.folder), [(r.path, r.sha256, r.size, r.mtime) for r in images]
         )

@@ -3,9 +3,10 @@
 A warm session spends its first half second in Prefect's bookkeeping: the claim, the
 parent flow, the embed subflow, discovery. One core sits idle through it. The read-ahead
 uses it: it finds the photos the embed phase will take first (the same scan, the same
-order), and decodes them with the phase's own decoder. The phase's `decode_one` takes a
-photo from here when it is the same file (path, content hash, size and mtime) decoded
-with the same parameters; anything else it decodes itself.
+order), and decodes them with the phase's own decoder; its scan's hashes serve the
+phase's scan too. The phase's `decode_one` takes a photo from here when it is the same
+file (path, content hash, size and mtime) decoded with the same parameters; anything
+else it decodes itself.
 
 At most `READ_AHEAD_PHOTOS` photos are held (about 9 MB each at the faces' scale), and
 all are let go when the session ends. A photo the phase asks for before the read-ahead
@@ -56,11 +57,15 @@ class ReadAhead:
         self.finished = threading.Event()
         """Set when `run` has nothing more to do."""
         self.decoded = self.taken = 0
+        self.hashed: dict[str, tuple[int, float, str]] = {}
+        """What its scan hashed, as `Catalog.known_files` gives it: path to (size, mtime,
+        sha256). The phase's own scan, moments later, need not hash these files again."""
 
     def planned(self) -> list[ImageRef]:
         """The photos the phase will take first: its discovery's photos to do, in its order."""
         phase = self.phase
         refs, _ = discover_images(phase.folder, known=phase.catalog.known_files())
+        self.hashed = {ref.path: (ref.size, ref.mtime, ref.sha256) for ref in refs}
         unique: dict[str, ImageRef] = {}
         for ref in refs:  # as the phase's discovery: the first path of each content
             unique.setdefault(ref.sha256, ref)
@@ -125,6 +130,12 @@ class ReadAhead:
             for future in self._slots.values():
                 future.cancel()
             self._slots.clear()
+
+
+def hashed() -> dict[str, tuple[int, float, str]]:
+    """The running read-ahead's fresh hashes (path to size, mtime, sha256), if any."""
+    ahead = _current
+    return {} if ahead is None else ahead.hashed
 
 
 def take(ref: ImageRef, params: Params) -> Decoded | SkipImage | None:

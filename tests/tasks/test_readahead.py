@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,3 +112,25 @@ def test_the_phase_reads_through_a_running_read_ahead(phase: EmbedPhase) -> None
     assert prepared.pixels is not None and prepared.pixels.shape[0] == 6
     fresh = phase.read(todo)  # no read-ahead now: every photo from its file
     assert fresh.pixels is not None and bool((fresh.pixels == prepared.pixels).all())
+
+
+def test_the_phases_scan_takes_the_hashes_the_read_ahead_took(
+    phase: EmbedPhase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import discover
+
+    hashed: list[str] = []
+    real = discover._hash_stream
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        hashed.append("x")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(discover, "_hash_stream", counting)
+    with reading_ahead(phase) as ahead:
+        assert ahead.finished.wait(60)
+        assert len(hashed) == 7  # the read-ahead's scan: every photo is new
+        items, _ = phase.discover()
+    assert len(hashed) == 7, "the phase hashed files the read-ahead had just hashed"
+    taken = {path: sha for path, (_, _, sha) in ahead.hashed.items()}
+    assert {ref.path: ref.sha256 for ref in items} == taken
