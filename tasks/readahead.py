@@ -120,7 +120,8 @@ class ReadAhead:
             result = future.result()
         except Exception:  # the phase decodes it again, and meets the fault itself
             return None
-        self.taken += 1
+        with self._lock:  # the phase's batches read in threads of their own
+            self.taken += 1
         return result
 
     def stop(self) -> None:
