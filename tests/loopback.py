@@ -28,12 +28,18 @@ def free_port() -> int:
 def served_in_thread(
     app: FastAPI, config: Callable[[FastAPI, int], uvicorn.Config] | None = None
 ) -> Iterator[tuple[int, uvicorn.Server]]:
-    """Serve `app` on a free loopback port until the block ends; yields the port and server."""
+    """Serve `app` on a free loopback port until the block ends; yields the port and server.
+
+    By default as `photoindex serve` serves it (`api.server.server_config`: its own HTTP
+    protocol and limits, not whichever parser uvicorn would pick, such as httptools, which
+    answers a 100 KB URL with a bare 400 before the app sees it)."""
+    from api.server import server_config
+
     port = free_port()
     made = (
         config(app, port)
         if config is not None
-        else uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        else server_config(app, app.state.settings, "127.0.0.1", port)
     )
     server = uvicorn.Server(made)
     thread = threading.Thread(target=server.run, daemon=True)
