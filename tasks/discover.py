@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -286,6 +286,15 @@ def discover_images(
     refs.sort(key=lambda ref: os.fsencode(ref.path))
     rejected.sort(key=lambda rej: os.fsencode(rej.path))
     return refs, rejected
+
+
+def by_content(refs: Sequence[ImageRef]) -> list[ImageRef]:
+    """The same photo stored twice is one item: content decides, not the path (the first
+    path of each content is its path)."""
+    unique: dict[str, ImageRef] = {}
+    for ref in refs:
+        unique.setdefault(ref.sha256, ref)
+    return list(unique.values())
 
 
 def count_photos(

@@ -10,7 +10,7 @@ from photoindex.settings import Settings
 from tasks import readahead
 from tasks.catalog import display_path, now_utc
 from tasks.decode import Decoded, Order, SkipImage, decode_image
-from tasks.discover import ImageRef, discover_images
+from tasks.discover import ImageRef, by_content, discover_images
 from tasks.phase import Phase, Rejection
 
 Computed = TypeVar("Computed")
@@ -45,11 +45,7 @@ class ImagePhase(Phase[ImageRef, Loaded, Computed], Generic[Loaded, Computed]):
         self.catalog.write_manifest(
             str(self.folder), [(r.path, r.sha256, r.size, r.mtime) for r in images]
         )
-        # The same photo stored twice is one item: content decides, not the path.
-        unique: dict[str, ImageRef] = {}
-        for ref in images:
-            unique.setdefault(ref.sha256, ref)
-        return list(unique.values()), [
+        return by_content(images), [
             Rejection(key="path:" + r.path, path=r.path, reason=r.reason) for r in rejected
         ]
 

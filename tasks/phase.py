@@ -227,6 +227,14 @@ def write_batch(phase: Phase[Any, Any, Any], computed: Any) -> BatchOutcome:
     return phase.write(computed)
 
 
+def work_order(
+    phase: Phase[Item, Any, Any], items: Sequence[Item], done: Mapping[str, Any]
+) -> list[Item]:
+    """The items a run of `phase` has to do, in the order it does them (by key, so a
+    re-run after a crash forms the same batches and finds their persisted results)."""
+    return sorted((item for item in items if phase.key(item) not in done), key=phase.key)
+
+
 def ramped_chunks(items: Sequence[Item], size: int) -> list[list[Item]]:
     """Batches of `size`, the first ones smaller (1, 2, 4, ...): the first results come
     within one photo's time, not one full batch's, and the pace is steady from there."""
@@ -287,7 +295,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             name=phase.name,
         )
         log.info("%s: %d items no longer in any library folder, removed", phase.name, len(removed))
-    todo = [item for item in items if phase.key(item) not in done]
+    todo = work_order(phase, items, done)
     moved = phase.moved(items, done)
     if moved:
         phase.catalog.append("status", moved, name=phase.name)
@@ -323,12 +331,12 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     if todo and phase.settings.task_runner == "threads":  # Dask workers load their own
         reporter.set_stage("loading")
         phase.prepare()
-    ordered, size = sorted(todo, key=phase.key), phase.batch_size
+    size = phase.batch_size
     if phase.ramped:
-        queue = ramped_chunks(ordered, size)
+        queue = ramped_chunks(todo, size)
     else:  # a small phase's items spread evenly over the batches in flight
-        size = min(size, max(1, math.ceil(len(ordered) / phase.settings.batches_in_flight)))
-        queue = [list(chunk) for chunk in chunks(ordered, size)]
+        size = min(size, max(1, math.ceil(len(todo) / phase.settings.batches_in_flight)))
+        queue = [list(chunk) for chunk in chunks(todo, size)]
     # The rejects are counted done before any batch: the ramp starts after them. A phase
     # that does not ramp starts its first batches together, and they end close together:
     # that first wave is its ramp (counted as a pace, it read 8,222 faces a minute for 5,000).

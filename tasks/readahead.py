@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tasks.decode import Decoded, SkipImage
-from tasks.discover import ImageRef, discover_images
+from tasks.discover import ImageRef, by_content, discover_images
+from tasks.phase import work_order
 
 if TYPE_CHECKING:
     from tasks.images import ImagePhase
@@ -66,12 +67,8 @@ class ReadAhead:
         phase = self.phase
         refs, _ = discover_images(phase.folder, known=phase.catalog.known_files())
         self.hashed = {ref.path: (ref.size, ref.mtime, ref.sha256) for ref in refs}
-        unique: dict[str, ImageRef] = {}
-        for ref in refs:  # as the phase's discovery: the first path of each content
-            unique.setdefault(ref.sha256, ref)
         done = phase.catalog.done_rows(phase.name, phase.model_id)
-        todo = [ref for ref in unique.values() if phase.key(ref) not in done]
-        return sorted(todo, key=phase.key)[: self.limit]
+        return work_order(phase, by_content(refs), done)[: self.limit]
 
     def plan(self) -> list[ImageRef]:
         """Find the photos to read ahead; from now on the phase may ask for them."""

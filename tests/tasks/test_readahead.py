@@ -15,6 +15,7 @@ from tasks import readahead
 from tasks.decode import Decoded, SkipImage
 from tasks.discover import ImageRef
 from tasks.embed import EmbedPhase
+from tasks.phase import work_order
 from tasks.readahead import ReadAhead, params_of, reading_ahead
 from tests.photos import CORRUPT, real_photos
 
@@ -37,8 +38,7 @@ def phase(tmp_path: Path, settings: Settings) -> EmbedPhase:
 def _todo(phase: EmbedPhase) -> list[ImageRef]:
     """What the phase's loop decodes, in its order (`tasks.phase._run`)."""
     items, _ = phase.discover()
-    done = phase.catalog.done_rows(phase.name, phase.model_id)
-    return sorted((ref for ref in items if phase.key(ref) not in done), key=phase.key)
+    return work_order(phase, items, phase.catalog.done_rows(phase.name, phase.model_id))
 
 
 def _same(left: Decoded | SkipImage, right: Decoded | SkipImage) -> bool:
