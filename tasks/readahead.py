@@ -38,7 +38,8 @@ Params = tuple[int | None, float, str]
 """What a decode depends on besides the file: the phase's max side, slack and channel order."""
 
 _current: ReadAhead | None = None
-_current_lock = threading.Lock()
+"""The read-ahead of the session running in this process (a warm indexer runs one at a
+time): set and read whole, so it needs no lock."""
 
 
 def params_of(phase: ImagePhase[Any, Any]) -> Params:
@@ -148,14 +149,12 @@ def reading_ahead(phase: ImagePhase[Any, Any]) -> Iterator[ReadAhead]:
     global _current
     ahead = ReadAhead(phase)
     thread = threading.Thread(target=ahead.run, name="read-ahead", daemon=True)
-    with _current_lock:
-        _current = ahead
+    _current = ahead
     thread.start()
     try:
         yield ahead
     finally:
         ahead.stop()
         thread.join()
-        with _current_lock:
-            _current = None
+        _current = None
         logger.info("read ahead: %d photos decoded, %d of them taken", ahead.decoded, ahead.taken)
