@@ -533,14 +533,22 @@ def _calibrated_left(
     photos after the ramp their average cost, and a 10-second warm session's ETA ran
     10-20 % long (and its bar 2-4 points behind) until its own pace was known. Past the
     mark, the items go at the calibrated rate of the rest, between batches by the clock.
+
+    A mark counts the batches' own items; the files rejected before any batch are done
+    at no cost from the start, so they are added to it (and are the anchor without one).
     """
     todo = max(1, counts.todo)
-    marks = [(n, ramp[n] / speed) for n, _ in counts.ramp_marks if n in ramp and n < todo]
-    items, spent = max(marks) if marks else (0, 0.0)
+    rejected = counts.rejected
+    marks = [
+        (rejected + n, ramp[n] / speed)
+        for n, _ in counts.ramp_marks
+        if n in ramp and rejected + n < todo
+    ]
+    items, spent = max(marks) if marks else (rejected, 0.0)
     if spent >= work_s:  # the earlier sessions' ramp was most of their work: no anchor
-        items, spent = 0, 0.0
+        items, spent = rejected, 0.0
     rest = work_s - spent
-    if rest <= 0:
+    if rest <= 0 or items >= todo:
         return 0.0
     rate = (todo - items) / rest  # items a second from the mark on
     since = counts.last_done if counts.last_done > 0 else counts.work_started

@@ -49,8 +49,10 @@ class Counts:
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
     batch: int = 0  # items a full batch holds (0: not said)
     tail: float | None = None  # at the end: how many batches' time the steady pace overstated
-    #: (items done, seconds since work started) as each ramped first batch finished
+    #: (items done, seconds since work started) as each ramped first batch finished, by
+    #: the batches' own items (the rejected ones left out, so sessions compare)
     ramp_marks: tuple[tuple[int, float], ...] = ()
+    rejected: int = 0  # of `fresh`: items refused before any batch (no work, no time)
 
     @property
     def percentage(self) -> float:
@@ -72,6 +74,7 @@ class Counts:
             + ("" if self.tail is None else f" tail={self.tail:.3f}")
             + ("" if not self.ramp_marks else " ramp_marks="
                + ",".join(f"{n}:{s:.3f}" for n, s in self.ramp_marks))
+            + ("" if not self.rejected else f" rejected={self.rejected}")
         )  # fmt: skip
 
     @classmethod
@@ -100,6 +103,7 @@ class Counts:
                 batch=int(pairs.get("batch", 0)),
                 tail=float(pairs["tail"]) if "tail" in pairs else None,
                 ramp_marks=_ramp_marks(pairs.get("ramp_marks", "")),
+                rejected=int(pairs.get("rejected", 0)),
             )
         except (KeyError, ValueError):
             return None
@@ -276,6 +280,7 @@ class ProgressReporter:
             batch=self.batch,
             tail=tail,
             ramp_marks=tuple(self._ramp_marks),
+            rejected=self._rejected,
         )
 
     @staticmethod

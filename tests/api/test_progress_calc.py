@@ -699,6 +699,24 @@ def test_the_photos_after_the_ramp_cost_what_earlier_sessions_spent_on_them() ->
     assert later.phases.training.progress.percentage == pytest.approx(100 * 10 / 32, abs=0.01)
 
 
+def test_files_rejected_before_the_batches_cost_the_rest_no_time() -> None:
+    """The session above with 3 unreadable files besides, rejected before any batch: they
+    were done at once and at no cost, so the 85 photos past the ramp's 15 have the
+    calibrated rest to come. The ramp marks count the batches' own photos; read as counts
+    of everything done, they gave the rejects 0.85 s of that rest."""
+    curve = {"training": {1: 1.0, 3: 2.0, 7: 3.5, 15: 6.0}}
+    weights = session_weights(Calibration(timeline=replace(TIMELINE, ramp_s=curve)), faces=True)
+    counts = Counts(85, 103, skipped=3, fresh=18, active=16, todo=103, batch=16, ramp=34,
+                    rejected=3, work_started=ago(6.0).timestamp(), last_done=NOW.timestamp(),
+                    ramp_marks=((1, 1.0), (3, 2.0), (7, 3.5), (15, 6.0)))  # fmt: skip
+    embed = PhaseSnapshot(run=running(8), counts=counts, artifact_updated=NOW)
+    result = calc(starting("warm", 8.0, parent="RUNNING", training=embed), weights)
+    rest = 0.3 * 103 - 6.0  # 103 photos' calibrated work, less the ramp's 6 s
+    worked = 2.0 + 6.0  # start-up and work so far
+    expected = 100 * worked / (worked + rest)
+    assert result.phases.training.progress.percentage == pytest.approx(expected, abs=0.01)
+
+
 def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
     counts = Counts(82, 100, fresh=2, active=2, todo=20, work_started=ago(60).timestamp(),
                     pace=12.0, last_done=ago(50).timestamp())

@@ -120,7 +120,7 @@ def test_counts_read_back_as_published() -> None:
     counts = Counts(5, 20, skipped=1, failed=1, per_minute=3.0, active=4, fresh=3, todo=18,
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
                     ramp=31, batch=16, tail=0.35,
-                    ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)))  # fmt: skip
+                    ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)), rejected=1)  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
     assert Counts.parse(replace(counts, ramp_marks=()).describe()) == replace(counts, ramp_marks=())
     assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
@@ -244,6 +244,7 @@ def test_ramp_marks_count_the_batches_items_not_the_files_rejected_before_them(
         clock.now = now
         reporter.advance(processed=n)
     assert reporter.counts().ramp_marks == ((1, 1.5), (3, 3.5))
+    assert reporter.counts().rejected == 2 and reporter.counts().fresh == 5
     reporter.stop()
 
 
