@@ -507,10 +507,17 @@ def _steady_left(counts: Counts, position: float, pace: float, tail: float) -> f
 
 def _position(counts: Counts, pace: float, now: float) -> float:
     """How many of a running phase's items are done by now at its steady pace (items a
-    minute), in fractions of an item: counted a batch at a time, so between two batches
-    the work goes on at that pace since the last finished. Never past the items finished
-    or in flight."""
-    guess = counts.fresh + pace / 60.0 * max(0.0, now - counts.last_done)
+    minute), in fractions of an item: from the end of the last whole wave of batches the
+    pace is counted to (or the last finished), at that pace. Never past the items
+    finished or in flight.
+
+    Batches in flight together end at alternating intervals; going on from the batch that
+    ended just after another, the bar ran 5 points ahead until the next one came."""
+    done, since = (
+        (counts.wave_done, counts.wave_at) if counts.wave_at > 0
+        else (counts.fresh, counts.last_done)
+    )  # fmt: skip
+    guess = done + pace / 60.0 * max(0.0, now - since)
     return _within_flight(counts, guess)
 
 

@@ -342,7 +342,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
     # that first wave is its ramp (counted as a pace, it read 8,222 faces a minute for 5,000).
     first_wave = sum(len(b) for b in queue[: phase.settings.batches_in_flight])
     reporter.ramp = len(new_rejects) + (ramp_items(queue, size) if phase.ramped else first_wave)
-    reporter.batch = size
+    reporter.batch, reporter.wave = size, phase.settings.batches_in_flight
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}
 

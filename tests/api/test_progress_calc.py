@@ -726,6 +726,21 @@ def test_between_batches_the_pace_stops_at_the_photos_in_flight() -> None:
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
 
 
+def test_between_waves_the_work_goes_on_from_the_last_whole_wave() -> None:
+    """Two batches in flight end 2 s, then 8 s apart. The pace, 2 photos a second, is
+    counted to the last whole wave's end (30 photos, 8 s ago), and the work goes on from
+    there: 46 done by now, 27 s left. Going on from the batch that ended 2 s ago, just
+    after the wave (40), the bar ran ahead of the work."""
+    counts = Counts(40, 100, fresh=40, active=20, todo=100, ramp=10, batch=10, pace=120.0,
+                    work_started=ago(30).timestamp(), last_done=ago(2).timestamp(),
+                    wave_done=30, wave_at=ago(8).timestamp())  # fmt: skip
+    embed = PhaseSnapshot(run=running(32), counts=counts, artifact_updated=ago(2))
+    result = calc(starting("warm", 34.0, parent="RUNNING", training=embed), TIMED)
+    worked = 4.0 + 30.0  # start-up and work so far
+    training = worked / (worked + (100 - 46) / 2.0)
+    assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
+
+
 def test_a_finished_phase_counts_as_long_as_it_took() -> None:
     """Embed took 5 s in all, not the calibrated 8: the rest of the session is the rest."""
     done = Counts(100, 100, fresh=20, todo=20, done=True, work_started=ago(9).timestamp())

@@ -120,7 +120,8 @@ def test_counts_read_back_as_published() -> None:
     counts = Counts(5, 20, skipped=1, failed=1, per_minute=3.0, active=4, fresh=3, todo=18,
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
                     ramp=31, batch=16, tail=0.35,
-                    ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)), rejected=1)  # fmt: skip
+                    ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)), rejected=1,
+                    wave_done=2, wave_at=2.25)  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
     assert Counts.parse(replace(counts, ramp_marks=()).describe()) == replace(counts, ramp_marks=())
     assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
@@ -206,6 +207,31 @@ def test_the_tail_is_published_with_the_phases_last_counts_only(
     last = recorder.updates[-1][1]
     assert last is not None and last.done and last.batch == 2
     assert last.tail == pytest.approx(0.4)
+
+
+def test_the_steady_pace_is_counted_over_whole_waves_of_batches(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches of 10 in flight after a ramp of 10: they end 2 s, then 8 s apart (one
+    read while the other computed), 2 items a second over each wave of two. Counted to
+    each batch's end, the pace swung from 120 to 150 a minute and back; counted to the
+    last whole wave's end it holds, and the work goes on from there."""
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    reporter = ProgressReporter("embed", total=60, interval_s=0.0, heartbeat_s=60, ramp=10,
+                                batch=10, todo=60, wave=2)  # fmt: skip
+    paces, waves = [], []
+    for now in (10.0, 12.0, 20.0, 22.0, 30.0):
+        clock.now = now
+        reporter.advance(processed=10)
+        counts = reporter.counts()
+        paces.append(counts.pace)
+        waves.append((counts.wave_done, round(counts.last_done - counts.wave_at, 3)))
+    # the ramp's end; one steady batch, no whole wave yet (to its end); then whole waves
+    assert paces == [0.0, pytest.approx(300.0), *[pytest.approx(120.0)] * 3]
+    assert waves[2:] == [(30, 0.0), (30, 2.0), (50, 0.0)]
+    assert waves[0][0] == waves[1][0] == 0  # no whole wave yet
+    reporter.stop()
 
 
 def test_the_ramped_batches_ends_are_published_from_the_first_batch_in_flight(
