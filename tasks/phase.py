@@ -339,9 +339,11 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         queue = [list(chunk) for chunk in chunks(todo, size)]
     # The rejects are counted done before any batch: the ramp starts after them. A phase
     # that does not ramp starts its first batches together, and they end close together:
-    # that first wave is its ramp (counted as a pace, it read 8,222 faces a minute for 5,000).
-    first_wave = sum(len(b) for b in queue[: phase.settings.batches_in_flight])
-    reporter.ramp = len(new_rejects) + (ramp_items(queue, size) if phase.ramped else first_wave)
+    # that first wave is no pace (it read 8,222 faces a minute for 5,000); and the second
+    # runs before the flow's writes of finished batches hold the next ones up (8,962 a
+    # minute, on 1,000 small photos, against 5,000 from there on). Both are its ramp.
+    first_waves = sum(len(b) for b in queue[: 2 * phase.settings.batches_in_flight])
+    reporter.ramp = len(new_rejects) + (ramp_items(queue, size) if phase.ramped else first_waves)
     reporter.batch, reporter.wave = size, phase.settings.batches_in_flight
     queue.reverse()
     in_flight: dict[PrefectFuture[Any], Sequence[Any]] = {}

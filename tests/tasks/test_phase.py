@@ -192,11 +192,18 @@ class UnrampedPhase(FakePhase):
     ramped = False
 
 
+class UnrampedOneByOne(UnrampedPhase):
+    batch_size = 1
+
+
 @pytest.mark.parametrize(("phase", "sizes", "ramp"), [
     (FakePhase, [1, 2, 2], 1 + 3),  # 1, then 2, then what is left of 4 (the ramp: 1, 2)
     # no small first batches: its 5 items spread over the two batches in flight (not 4
     # and 1), which, started together, are its ramp
     (UnrampedPhase, [3, 2], 1 + 5),
+    # more batches than two in flight: its first two waves of them are its ramp (the
+    # second runs before the flow's writes hold the next ones up)
+    (UnrampedOneByOne, [1] * 5, 1 + 4),
 ])  # fmt: skip
 def test_a_phase_ramps_its_first_batches_unless_it_says_not_to(
     settings: Settings,
