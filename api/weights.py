@@ -49,7 +49,9 @@ class Timeline:
     steady pace (`tasks.progress.tail_batches`): by `tail_batches` of a batch's time.
     `ramp_s` is when each of a phase's ramped first batches ended, by items done, in
     seconds from its first batch in flight: how fast a new session goes is told by its
-    own ramp against these, before its steady pace is known.
+    own ramp against these, before its steady pace is known. `found_rate` is, for a phase
+    whose work an earlier phase finds (`PhaseSpec.found_by`: faces), how much it found a
+    photo it looked in: a session whose photos hold more faces has more to encode.
     """
 
     startup_parts_s: Mapping[str, StartupParts]
@@ -58,6 +60,7 @@ class Timeline:
     sessions: int = 0
     tail_batches: Mapping[str, float] = field(default_factory=dict)
     ramp_s: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    found_rate: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def startup_s(self) -> dict[str, float]:
@@ -221,6 +224,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     units: dict[str, float] = {}
     tails: dict[str, list[float]] = {}
     ramps: dict[str, dict[int, list[float]]] = {}
+    found: dict[str, list[int]] = {}  # a phase found by another: [found, looked]
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
         created = session_start(utc(parent.created), counts_of(artifacts.get("session")))
@@ -248,6 +252,11 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
             if counts.work_started > 0 and n > 0:
                 spent[key] = spent.get(key, 0.0) + max(0.0, stop - began)
                 units[key] = units.get(key, 0.0) + n
+                finder = BY_CONTRACT[key].found_by  # what the cost above met a unit
+                finds = counts_of(artifacts.get(finder)) if finder else None
+                if finds is not None and finds.looked > 0:
+                    total = found.setdefault(key, [0, 0])
+                    total[0], total[1] = total[0] + finds.found, total[1] + finds.looked
             if counts.tail is not None:
                 tails.setdefault(key, []).append(counts.tail)
             for items, seconds in counts.ramp_marks:
@@ -262,8 +271,9 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
         sessions=used,
         tail_batches={key: statistics.median(v) for key, v in tails.items()},
         ramp_s={key: {n: statistics.median(v) for n, v in marks.items()}
-                for key, marks in ramps.items()},  # fmt: skip
-    )
+                for key, marks in ramps.items()},
+        found_rate={key: n / looked for key, (n, looked) in found.items()},
+    )  # fmt: skip
 
 
 def startup_parts(

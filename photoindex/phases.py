@@ -50,6 +50,10 @@ class PhaseSpec:
     page_unit: str
     """What the page counts it in."""
     running_status: Literal["running", "processing"] = "running"
+    found_by: str | None = None
+    """The phase (contract key) whose batches find this one's work as they go, and count
+    it (`Counts.looked`, `Counts.found`): the faces in the photos the embed phase decodes.
+    This phase's calibrated cost a photo then scales with how much they found."""
 
 
 PHASES: tuple[PhaseSpec, ...] = (
@@ -58,7 +62,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               "photos", "Training (CLIP)", "images"),
     PhaseSpec("faces", "detect-faces", "photoindex-faces", "faceDetection", "face_detection",
               "Face detection", "😊 Face Detection - Analyzing Faces", "😊", 0.65, True,
-              "photos", "Face Detection", "images", "processing"),
+              "photos", "Face Detection", "images", "processing", "training"),
     PhaseSpec("cluster", "cluster-faces", "photoindex-cluster", "clustering", "clustering",
               "Clustering", "🔗 Clustering - Grouping Similar Faces", "🔗", 0.05, True,
               "library", "Clustering", "items"),

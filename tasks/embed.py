@@ -40,6 +40,8 @@ class Prepared:
     pixels: torch.Tensor | None
     skipped: list[tuple[ImageRef, str]]
     taken: list[datetime | None] = field(default_factory=list)
+    looked: int = 0  # photos the face detector ran on, for the faces phase
+    found: int = 0  # the faces it found in them
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Embedded:
     skipped: list[tuple[ImageRef, str]]
     vectors: np.ndarray
     taken: list[datetime | None] = field(default_factory=list)
+    looked: int = 0
+    found: int = 0
 
 
 #: How long the embed phase waits for a local vector store that another process holds.
@@ -106,11 +110,14 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         tensors: list[torch.Tensor] = []
         skipped: list[tuple[ImageRef, str]] = []
         taken: list[datetime | None] = []
+        looked = found = 0
         for ref in batch:
             decoded = self.decode_one(ref)
             if self._for_faces(ref):
                 assert self.finder is not None and self.face_inputs is not None
-                self.face_inputs.put(ref.sha256, find_faces(decoded, self.finder))
+                faces = find_faces(decoded, self.finder)
+                self.face_inputs.put(ref.sha256, faces)
+                looked, found = looked + 1, found + len(faces.faces)
             if isinstance(decoded, Exception):
                 skipped.append((ref, decoded.reason))
                 continue
@@ -120,7 +127,7 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             clip_image = decoded.reduced(self.clip_side, ImagePhase.side_slack).image
             tensors.append(self.model.preprocess(clip_image))
         pixels = torch.stack(tensors) if tensors else None
-        return Prepared(refs, sizes, pixels, skipped, taken)
+        return Prepared(refs, sizes, pixels, skipped, taken, looked, found)
 
     def _for_faces(self, ref: ImageRef) -> bool:
         """Whether to leave this photo's found faces for the faces phase of this session."""
@@ -134,7 +141,13 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
             if batch.pixels is None
             else self.model.embed_tensors(batch.pixels)
         )
-        return Embedded(batch.refs, batch.sizes, batch.skipped, vectors, batch.taken)
+        return Embedded(
+            batch.refs, batch.sizes, batch.skipped, vectors, batch.taken, batch.looked, batch.found
+        )
+
+    def findings(self, computed: Embedded) -> tuple[int, int]:
+        """The photos it ran the face detector on for the faces phase, and the faces found."""
+        return computed.looked, computed.found
 
     def store(self) -> VectorStore:
         # A local-mode store may be held briefly by the API's search: wait for it.

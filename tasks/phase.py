@@ -154,6 +154,11 @@ class Phase(ABC, Generic[Item, Read, Computed]):
         """Status rows for done items found under a new path (moved, not changed)."""
         return []
 
+    def findings(self, computed: Computed) -> tuple[int, int]:
+        """How many items a computed batch looked in for the next phase's work, and how
+        much of it found there (`PhaseSpec.found_by`); a phase that finds none: (0, 0)."""
+        return 0, 0
+
     def prepare(self) -> None:
         """Get ready to compute (load the model) before the first batch, when there is work.
 
@@ -369,6 +374,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
         try:
             computed = future.result()
         except Exception as err:
+            findings = (0, 0)
             failed_batches += 1
             if ok_batches == 0 and failed_batches >= min(SYSTEMATIC_FAILURES, len(todo)):
                 raise
@@ -380,6 +386,7 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
             # as the one before it computes, so a late start leaves the model waiting.
             fill()
             outcome = write_batch(phase, computed)
+            findings = phase.findings(computed)
         phase.catalog.append("status", outcome.rows, name=phase.name)
         write_s += time.monotonic() - tick
         n_ok, n_skip, n_fail = (outcome.count(s) for s in ("indexed", "skipped", "failed"))
@@ -388,6 +395,8 @@ def _run(phase: Phase[Any, Any, Any], reporter: ProgressReporter, started: float
                 log.warning("%s %s: %s", row["status"], row["path"], row["reason"])
         processed, skipped, failed = processed + n_ok, skipped + n_skip, failed + n_fail
         fill()  # after a failed batch (after a good one, it filled before the write)
+        reporter.looked += findings[0]
+        reporter.found += findings[1]
         reporter.advance(processed=n_ok, skipped=n_skip, failed=n_fail)
     reporter.finish()
     return PhaseSummary(

@@ -57,6 +57,10 @@ class Counts:
     #: (0: none yet): `pace` is counted to it, and the work goes on from it at that pace.
     wave_done: int = 0
     wave_at: float = 0.0
+    #: Items this run looked in for the next phase's work, and the work it found there
+    #: (the embed phase: photos it ran the face detector on, and the faces in them).
+    looked: int = 0
+    found: int = 0
 
     @property
     def percentage(self) -> float:
@@ -81,6 +85,7 @@ class Counts:
             + ("" if not self.rejected else f" rejected={self.rejected}")
             + ("" if not self.wave_at
                else f" wave_done={self.wave_done} wave_at={self.wave_at:.3f}")
+            + ("" if not self.looked else f" looked={self.looked} found={self.found}")
         )  # fmt: skip
 
     @classmethod
@@ -112,6 +117,8 @@ class Counts:
                 rejected=int(pairs.get("rejected", 0)),
                 wave_done=int(pairs.get("wave_done", 0)),
                 wave_at=float(pairs.get("wave_at", 0.0)),
+                looked=int(pairs.get("looked", 0)),
+                found=int(pairs.get("found", 0)),
             )
         except (KeyError, ValueError):
             return None
@@ -156,6 +163,8 @@ class ProgressReporter:
     #: whole waves of them: counted to each batch, it swung 25 % from one to the next, and
     #: the bar ran 5 points ahead between two.
     wave: int = 1
+    looked: int = 0  # items looked in for the next phase's work (`Counts.looked`)
+    found: int = 0  # the work found there (`Counts.found`)
     _artifact_id: UUID | None = None
     _started: float = field(default_factory=time.monotonic)
     _last_publish: float = 0.0
@@ -303,6 +312,8 @@ class ProgressReporter:
             rejected=self._rejected,
             wave_done=self._wave_end[1] if self._wave_end else 0,
             wave_at=self._epoch(self._wave_end[0]) if self._wave_end else 0.0,
+            looked=self.looked,
+            found=self.found,
         )
 
     @staticmethod

@@ -175,12 +175,16 @@ def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> Non
 
 
 def warm_with_embed(
-    t0: float, tail: float | None = None, ramp_marks: tuple[tuple[int, float], ...] = ()
+    t0: float,
+    tail: float | None = None,
+    ramp_marks: tuple[tuple[int, float], ...] = (),
+    found: tuple[int, int] = (0, 0),
 ) -> tuple[FlowRun, tuple[dict[str, FlowRun], dict[str, Artifact]]]:
-    """A warm session of 80 new photos whose embed phase's last counts say `tail` and
-    `ramp_marks`."""
+    """A warm session of 80 new photos whose embed phase's last counts say `tail`,
+    `ramp_marks`, and the photos it looked in for faces and the faces it `found`."""
     counts_ = Counts(100, 100, todo=80, fresh=80, done=True, batch=16, tail=tail,
-                     ramp_marks=ramp_marks, work_started=at(t0 + 1.0).timestamp())  # fmt: skip
+                     ramp_marks=ramp_marks, work_started=at(t0 + 1.0).timestamp(),
+                     looked=found[0], found=found[1])  # fmt: skip
     return session("warm", t0, {
         "training": (t0 + 0.5, t0 + 7.0, counts_),
         "faceDetection": (t0 + 7.2, t0 + 11.0, counts(20, t0 + 8.0)),
@@ -209,3 +213,14 @@ def test_a_phases_ramp_is_the_median_of_each_mark_over_the_sessions() -> None:
     assert timeline is not None
     assert timeline.ramp_s == {"training": {5: pytest.approx(0.9), 7: pytest.approx(1.1),
                                             15: pytest.approx(2.2)}}  # fmt: skip
+
+
+def test_the_faces_found_a_photo_are_what_the_faces_phases_cost_met() -> None:
+    """The embed phase looked in 80 photos a session for faces and found 40, then 60 (a
+    session from before it counted them says nothing): the faces phase's calibrated cost
+    a photo met 100 faces in 160 photos."""
+    sessions = [warm_with_embed(0.0, found=(80, 40)), warm_with_embed(100.0),
+                warm_with_embed(200.0, found=(80, 60))]  # fmt: skip
+    timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
+    assert timeline is not None
+    assert timeline.found_rate == {"faceDetection": pytest.approx(100 / 160)}

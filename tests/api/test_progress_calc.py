@@ -741,6 +741,29 @@ def test_between_waves_the_work_goes_on_from_the_last_whole_wave() -> None:
     assert result.phases.training.progress.percentage == pytest.approx(100 * training, abs=0.01)
 
 
+def test_the_faces_phase_costs_as_many_faces_as_the_embed_phase_found() -> None:
+    """The faces phase's cost a photo (0.1 s) was calibrated on photos with half a face
+    each. This session's embed phase found a face in every photo it looked in (96): weighed
+    against the calibration as 32 photos, (96 + 16) / 128 = 0.875 a photo, 1.75 times as
+    many, so its 100 photos are 7.5 s more work. As many faces as calibrated change
+    nothing, nor do faces counted against a calibration that found none."""
+    found_rate = replace(TIMELINE, found_rate={"faceDetection": 0.5})
+
+    def eta(found: int, timeline: Timeline = found_rate) -> int | None:
+        counts = Counts(96, 100, fresh=96, active=4, todo=100, ramp=10, batch=16, pace=120.0,
+                        work_started=ago(40).timestamp(), last_done=NOW.timestamp(),
+                        looked=96, found=found)  # fmt: skip
+        embed = PhaseSnapshot(run=running(42), counts=counts, artifact_updated=NOW)
+        weights = session_weights(Calibration(timeline=timeline), faces=True)
+        return calc(starting("warm", 44.0, parent="RUNNING", training=embed),
+                    weights).overall_progress.eta_seconds  # fmt: skip
+
+    as_calibrated, plain = eta(48), eta(48, TIMELINE)
+    assert as_calibrated is not None and as_calibrated == plain == eta(96, TIMELINE)
+    more = eta(96)
+    assert more is not None and abs(more - as_calibrated - 7.5) <= 0.5
+
+
 def test_a_finished_phase_counts_as_long_as_it_took() -> None:
     """Embed took 5 s in all, not the calibrated 8: the rest of the session is the rest."""
     done = Counts(100, 100, fresh=20, todo=20, done=True, work_started=ago(9).timestamp())

@@ -58,6 +58,7 @@ def test_the_faces_phase_works_from_the_embed_phases_decode(
     prepared = embed.read(items)
     assert [Path(ref.path).name for ref, _ in prepared.skipped] == ["cut.jpg"]
     assert prepared.pixels is not None and prepared.pixels.shape[0] == 3
+    computed = embed.compute(prepared)
 
     faces = FacesPhase(folder, settings)
     # What the faces phase finds when it decodes each photo itself.
@@ -67,6 +68,8 @@ def test_the_faces_phase_works_from_the_embed_phases_decode(
     assert expected[_by_name(items, "coffee.jpg").sha256].faces == []
     reason = expected[_by_name(items, "cut.jpg").sha256].reason
     assert reason is not None and reason.startswith(CORRUPT)
+    # The progress counts what it looked in and found, for the faces phase's cost.
+    assert embed.findings(computed) == (4, sum(len(e.faces) for e in expected.values()))
 
     # The photos are gone; the faces phase needs only what the embed phase left.
     for ref in items:

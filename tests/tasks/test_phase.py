@@ -221,6 +221,22 @@ def test_a_phase_ramps_its_first_batches_unless_it_says_not_to(
     assert last is not None and last.ramp == ramp
 
 
+class FindingPhase(FakePhase):
+    """Finds two items of the next phase's work in each item it looks in."""
+
+    def findings(self, computed: list[tuple[Item, str | None]]) -> tuple[int, int]:
+        return len(computed), 2 * len(computed)
+
+
+def test_what_a_phases_batches_find_for_the_next_phase_is_counted(
+    settings: Settings, library: tuple[str, Library], recorder: Recorder
+) -> None:
+    model, lib = library
+    run_fake(FindingPhase(settings, model))
+    last = recorder.updates[-1][1]
+    assert last is not None and (last.looked, last.found) == (5, 10)
+
+
 def test_a_second_run_reuses_what_is_done_and_follows_moves_and_removals(
     settings: Settings, library: tuple[str, Library], recorder: Recorder
 ) -> None:

@@ -121,7 +121,7 @@ def test_counts_read_back_as_published() -> None:
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
                     ramp=31, batch=16, tail=0.35,
                     ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)), rejected=1,
-                    wave_done=2, wave_at=2.25)  # fmt: skip
+                    wave_done=2, wave_at=2.25, looked=4, found=3)  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
     assert Counts.parse(replace(counts, ramp_marks=()).describe()) == replace(counts, ramp_marks=())
     assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
