@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -40,6 +41,7 @@ from bench.common import (
     table,
     workbench,
 )
+from photoindex.phases import CONTRACT_KEYS
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -54,6 +56,8 @@ class Sample:
     status: str
     phase: str
     weights_source: str
+    detail: dict[str, object] | None = None
+    """With `--trace`: each phase's status, percentage and counts at this sample."""
 
 
 @dataclass
@@ -98,16 +102,20 @@ class Outcome:
         return min(done) - self.last_phase_end if done else None
 
 
-async def _sample(session_id: UUID, period_s: float, timeout_s: float) -> list[Sample]:
+async def _sample(
+    session_id: UUID, period_s: float, timeout_s: float, detail: bool = False
+) -> list[Sample]:
     from api.prefect_reader import PrefectUnavailable, default_reader, get_unified_progress
 
     samples: list[Sample] = []
     deadline = time.monotonic() + timeout_s
-    async with default_reader().connected():
+    reader = default_reader()
+    async with reader.connected():
         while time.monotonic() < deadline:
             tick = time.monotonic()
             try:
                 p = await get_unified_progress(session_id)
+                snap = (await reader.snapshot(session_id))[0] if detail else None
             except PrefectUnavailable:
                 await asyncio.sleep(period_s)
                 continue
@@ -119,8 +127,13 @@ async def _sample(session_id: UUID, period_s: float, timeout_s: float) -> list[S
                     p.overall_status,
                     p.overall_progress.current_phase,
                     p.weights_source,
+                    None if snap is None else {
+                        key: [phase.status, phase.progress.percentage,
+                              None if (c := snap.phase(key).counts) is None else c.describe()]
+                        for key in CONTRACT_KEYS for phase in [getattr(p.phases, key)]
+                    },
                 )
-            )
+            )  # fmt: skip
             if p.overall_status in TERMINAL:
                 return samples
             await asyncio.sleep(max(0.0, period_s - (time.monotonic() - tick)))
@@ -128,7 +141,13 @@ async def _sample(session_id: UUID, period_s: float, timeout_s: float) -> list[S
 
 
 def run_session(
-    label: str, folder: Path, data_dir: Path, weights: Path, cache: Path, period_s: float
+    label: str,
+    folder: Path,
+    data_dir: Path,
+    weights: Path,
+    cache: Path,
+    period_s: float,
+    detail: bool = False,
 ) -> Outcome:
     """Submit a session as the API does and sample its progress until it ends."""
     from photoindex.launch import submit_session
@@ -138,7 +157,7 @@ def run_session(
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(data_dir / "results")
     submitted = time.time()
     session_id = submit_session(folder.resolve(), faces=True).session_id
-    samples = asyncio.run(_sample(session_id, period_s, timeout_s=3600))
+    samples = asyncio.run(_sample(session_id, period_s, timeout_s=3600, detail=detail))
     if samples[-1].status != "completed":
         raise RuntimeError(f"session {session_id} ended {samples[-1].status}")
     runs = session_runs(session_id)
@@ -197,6 +216,8 @@ def main() -> None:
     parser.add_argument("--size", choices=["normal", "phone", "small"], default="normal")
     parser.add_argument("--period", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--trace", type=Path, help="write each sample, with every phase's "
+                        "counts, here as JSON")  # fmt: skip
     args = parser.parse_args()
 
     prepare_process()
@@ -207,10 +228,18 @@ def main() -> None:
     header("progress accuracy: seed weights vs calibrated weights")
     print(f"photos: {photoset.describe(folder)}")
     print(f"Prefect: {api_url}; work folder: {work}; sampling every {args.period} s")
+    detail = args.trace is not None
     outcomes = [
-        run_session("static", folder, work / "static", weights, args.cache, args.period),
-        run_session("calibrated", folder, work / "calibrated", weights, args.cache, args.period),
+        run_session(label, folder, work / label, weights, args.cache, args.period, detail)
+        for label in ("static", "calibrated")
     ]
+    if args.trace is not None:
+        args.trace.write_text(json.dumps([
+            {"label": o.label, "submitted": o.submitted, "end": o.end, "wall_s": o.wall_s,
+             "samples": [{"t": s.at - o.submitted, "pct": s.percentage, "eta": s.eta_s,
+                          "status": s.status, "phases": s.detail} for s in o.samples]}
+            for o in outcomes
+        ], indent=1))  # fmt: skip
     for o in outcomes:
         print(f"\n-- {o.label} run: session {o.session_id}, weights: {o.weights}")
         print(trace(o))
