@@ -432,6 +432,13 @@ def _timed(
 #: against (`_found_scale`): faces a photo vary a lot from one photo to the next, so the
 #: first few photos say little, and 121 of them say most of it.
 FOUND_PRIOR_ITEMS = 32
+#: The share of the faces phase's cost a photo that its faces make: 7 ms a face against
+#: 6.5 ms a photo besides (its entry read, its rows, a batch's writes), fitted on sets A
+#: and B (77 faces in 120 photos, 92 in 121; the medians of ten `bench_warm_start` runs).
+FOUND_SHARE = 0.4
+#: The scale is kept within these: a photo crowded with faces is no reason to expect
+#: several times the calibrated cost.
+FOUND_SCALE_BOUNDS = (0.5, 2.0)
 
 
 def _found_scale(key: str, snap: SessionSnapshot, timeline: Timeline) -> float:
@@ -440,15 +447,19 @@ def _found_scale(key: str, snap: SessionSnapshot, timeline: Timeline) -> float:
 
     Its cost a photo is calibrated on sessions that found `Timeline.found_rate` faces a
     photo; warm B's photos held 92 faces for 121 photos against set A's 77 for 120, and
-    its faces phase took 10-25 % longer than the calibration said. The rate found so far
-    is weighed against the calibrated one as `FOUND_PRIOR_ITEMS` photos, so the first
-    photos move it little."""
+    its faces phase took 8 % longer (median of ten runs; 25 % in one). The rate found so
+    far is weighed against the calibrated one as `FOUND_PRIOR_ITEMS` photos, so the first
+    photos move it little; it scales the faces' share of the cost (`FOUND_SHARE`), and the
+    scale is kept within `FOUND_SCALE_BOUNDS`."""
     finder, calibrated = BY_CONTRACT[key].found_by, timeline.found_rate.get(key, 0.0)
     counts = snap.phase(finder).counts if finder else None
     if counts is None or calibrated <= 0:
         return 1.0
     prior = FOUND_PRIOR_ITEMS
-    return (counts.found + calibrated * prior) / (counts.looked + prior) / calibrated
+    rate = (counts.found + calibrated * prior) / (counts.looked + prior)
+    scale = 1.0 + FOUND_SHARE * (rate / calibrated - 1.0)
+    low, high = FOUND_SCALE_BOUNDS
+    return min(high, max(low, scale))
 
 
 def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) -> float:
@@ -503,12 +514,14 @@ def _steady_pace(counts: Counts) -> float:
     The first batches are ramped (1, 2, 4, ... items, `tasks.phase.ramped_chunks`) and each
     pays a batch's fixed costs, so their pace is too slow; the calibrated one is better
     until the phase has done the items of its ramp (`Counts.ramp`, the phase says how many)
-    and two full batches more, over which the reporter measures the pace without the ramp.
-    Not one: with two batches in flight, batches finish at alternating intervals (one
-    reads while the other computes; measured 0.8 and 1.1 s for embed in bfloat16), so
-    one batch's pace was 10-20 % off, and the bar jumped 5 points when it came.
+    and a whole wave of batches more (the batches in flight together, at least two), over
+    which the reporter measures the pace without the ramp. Not one batch: with two in
+    flight, batches finish at alternating intervals (one reads while the other computes;
+    measured 0.8 and 1.1 s for embed in bfloat16), so one batch's pace was 10-20 % off,
+    and the bar jumped 5 points when it came.
     """
-    trusted = counts.ramp + (2 * counts.batch if counts.batch > 0 else 1)
+    batches = max(2, counts.wave)
+    trusted = counts.ramp + (batches * counts.batch if counts.batch > 0 else 1)
     return counts.pace if counts.pace > 0 and counts.fresh >= trusted else 0.0
 
 

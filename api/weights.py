@@ -224,7 +224,7 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
     units: dict[str, float] = {}
     tails: dict[str, list[float]] = {}
     ramps: dict[str, dict[int, list[float]]] = {}
-    found: dict[str, list[int]] = {}  # a phase found by another: [found, looked]
+    found: dict[str, list[float]] = {}  # a phase found by another: found, looked, its units
     used = 0
     for parent, (runs, artifacts) in zip(previous, per_parent, strict=True):
         created = session_start(utc(parent.created), counts_of(artifacts.get("session")))
@@ -255,8 +255,10 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
                 finder = BY_CONTRACT[key].found_by  # what the cost above met a unit
                 finds = counts_of(artifacts.get(finder)) if finder else None
                 if finds is not None and finds.looked > 0:
-                    total = found.setdefault(key, [0, 0])
-                    total[0], total[1] = total[0] + finds.found, total[1] + finds.looked
+                    total = found.setdefault(key, [0, 0, 0])
+                    total[0] += finds.found
+                    total[1] += finds.looked
+                    total[2] += n
             if counts.tail is not None:
                 tails.setdefault(key, []).append(counts.tail)
             for items, seconds in counts.ramp_marks:
@@ -272,7 +274,10 @@ def _measure(previous: Sequence[FlowRun], per_parent: Sequence[Phases]) -> Timel
         tail_batches={key: statistics.median(v) for key, v in tails.items()},
         ramp_s={key: {n: statistics.median(v) for n, v in marks.items()}
                 for key, marks in ramps.items()},
-        found_rate={key: n / looked for key, (n, looked) in found.items()},
+        # only where every session that set the cost counted its finds: a rate measured
+        # on some of them (older ones counted none) need not be the one the cost met
+        found_rate={key: n / looked for key, (n, looked, covered) in found.items()
+                    if covered >= units[key]},
     )  # fmt: skip
 
 

@@ -62,7 +62,7 @@ PHASES: tuple[PhaseSpec, ...] = (
               "photos", "Training (CLIP)", "images"),
     PhaseSpec("faces", "detect-faces", "photoindex-faces", "faceDetection", "face_detection",
               "Face detection", "😊 Face Detection - Analyzing Faces", "😊", 0.65, True,
-              "photos", "Face Detection", "images", "processing", "training"),
+              "photos", "Face Detection", "images", "processing", found_by="training"),
     PhaseSpec("cluster", "cluster-faces", "photoindex-cluster", "clustering", "clustering",
               "Clustering", "🔗 Clustering - Grouping Similar Faces", "🔗", 0.05, True,
               "library", "Clustering", "items"),

@@ -40,8 +40,8 @@ class Prepared:
     pixels: torch.Tensor | None
     skipped: list[tuple[ImageRef, str]]
     taken: list[datetime | None] = field(default_factory=list)
-    looked: int = 0  # photos the face detector ran on, for the faces phase
-    found: int = 0  # the faces it found in them
+    looked: int = 0  # photos looked in for the faces phase (those it will do; undecodable too)
+    found: int = 0  # the faces found in them
 
 
 @dataclass
@@ -146,7 +146,8 @@ class EmbedPhase(ImagePhase[Prepared, Embedded]):
         )
 
     def findings(self, computed: Embedded) -> tuple[int, int]:
-        """The photos it ran the face detector on for the faces phase, and the faces found."""
+        """The photos it looked in for the faces phase (the ones that phase will do), and the
+        faces found in them."""
         return computed.looked, computed.found
 
     def store(self) -> VectorStore:

@@ -43,9 +43,9 @@ class Counts:
     work_started: float = 0.0  # epoch seconds when its first batch went in flight (0: not yet)
     stage: str = "working"  # a key of STAGES
     last_done: float = 0.0  # epoch seconds when items last finished (0: none yet)
-    pace: float = 0.0  # items a minute to the last finished, from the ramp's end (0: none)
+    pace: float = 0.0  # items a minute from the ramp's end to the last whole wave's (0: none)
     ramp: int = 0  # items rejected, then of the small first batches and the first full one
-    # (a phase that does not ramp: of its first batches, in flight together)
+    # (a phase that does not ramp: of its first two waves of batches)
     requested: float = 0.0  # the session's own counts: epoch seconds when the user asked
     batch: int = 0  # items a full batch holds (0: not said)
     tail: float | None = None  # at the end: how many batches' time the steady pace overstated
@@ -57,8 +57,9 @@ class Counts:
     #: (0: none yet): `pace` is counted to it, and the work goes on from it at that pace.
     wave_done: int = 0
     wave_at: float = 0.0
+    wave: int = 0  # batches in flight together (0: not said)
     #: Items this run looked in for the next phase's work, and the work it found there
-    #: (the embed phase: photos it ran the face detector on, and the faces in them).
+    #: (the embed phase: the photos the faces phase will do, and the faces in them).
     looked: int = 0
     found: int = 0
 
@@ -86,6 +87,7 @@ class Counts:
             + ("" if not self.wave_at
                else f" wave_done={self.wave_done} wave_at={self.wave_at:.3f}")
             + ("" if not self.looked else f" looked={self.looked} found={self.found}")
+            + ("" if not self.wave else f" wave={self.wave}")
         )  # fmt: skip
 
     @classmethod
@@ -119,6 +121,7 @@ class Counts:
                 wave_at=float(pairs.get("wave_at", 0.0)),
                 looked=int(pairs.get("looked", 0)),
                 found=int(pairs.get("found", 0)),
+                wave=int(pairs.get("wave", 0)),
             )
         except (KeyError, ValueError):
             return None
@@ -161,8 +164,8 @@ class ProgressReporter:
     #: Batches in flight together. Their ends alternate (one reads while another computes:
     #: 0.3 s, then 1.1 s apart, for embed on 2 cores), so the steady pace is counted over
     #: whole waves of them: counted to each batch, it swung 25 % from one to the next, and
-    #: the bar ran 5 points ahead between two.
-    wave: int = 1
+    #: the bar ran 5 points ahead between two. 0: not said (one at a time).
+    wave: int = 0
     looked: int = 0  # items looked in for the next phase's work (`Counts.looked`)
     found: int = 0  # the work found there (`Counts.found`)
     _artifact_id: UUID | None = None
@@ -290,7 +293,10 @@ class ProgressReporter:
         self.publish()
 
     def counts(self, done: bool = False) -> Counts:
-        tail = tail_batches(self._marks, self._last_done, self.todo, self.batch) if done else None
+        tail = (
+            tail_batches(self._marks, self._last_done, self.todo, self.batch, self.wave)
+            if done else None
+        )  # fmt: skip
         return Counts(
             self.current,
             self.total,
@@ -314,6 +320,7 @@ class ProgressReporter:
             wave_at=self._epoch(self._wave_end[0]) if self._wave_end else 0.0,
             looked=self.looked,
             found=self.found,
+            wave=self.wave,
         )
 
     @staticmethod
@@ -408,21 +415,23 @@ TAIL_WINDOW = 4
 
 
 def tail_batches(
-    marks: list[tuple[float, int, float]], end: float, todo: int, batch: int
+    marks: list[tuple[float, int, float]], end: float, todo: int, batch: int, wave: int = 1
 ) -> float | None:
     """How much sooner a phase ended than its steady pace said, in batches' time at that
     pace: the median over the last few batches that finished with a full batch or more
-    still to do (`TAIL_WINDOW`). None when no such batch was measured.
+    still to do (`TAIL_WINDOW`; with batches in flight in waves of `wave`, the marks are
+    the waves' ends, so as many waves). None when no such batch was measured.
 
     The last batches are faster than the steady ones (measured: 0.3-0.4 of a batch for
     embed on 2 cores): the batches before them read the next photos while they compute,
     and the last ones compute alone. The API takes this off the time left
     (`api.progress._steady_left`), calibrated from earlier sessions.
     """
+    window = 1 + (TAIL_WINDOW - 1) * max(1, wave)
     ratios = [
         (t + (todo - n) * 60.0 / pace - end) / (batch * 60.0 / pace)
         for t, n, pace in marks
-        if pace > 0 and batch > 0 and batch <= todo - n < TAIL_WINDOW * batch
+        if pace > 0 and batch > 0 and batch <= todo - n < window * batch
     ]
     if not ratios:
         return None

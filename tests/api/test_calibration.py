@@ -216,11 +216,13 @@ def test_a_phases_ramp_is_the_median_of_each_mark_over_the_sessions() -> None:
 
 
 def test_the_faces_found_a_photo_are_what_the_faces_phases_cost_met() -> None:
-    """The embed phase looked in 80 photos a session for faces and found 40, then 60 (a
-    session from before it counted them says nothing): the faces phase's calibrated cost
-    a photo met 100 faces in 160 photos."""
-    sessions = [warm_with_embed(0.0, found=(80, 40)), warm_with_embed(100.0),
-                warm_with_embed(200.0, found=(80, 60))]  # fmt: skip
+    """The embed phase looked in 80 photos a session for faces and found 40, then 60: the
+    faces phase's calibrated cost a photo met 100 faces in 160 photos. With a session from
+    before it counted them among those that set the cost, the rate is not known."""
+    sessions = [warm_with_embed(0.0, found=(80, 40)), warm_with_embed(200.0, found=(80, 60))]
     timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
     assert timeline is not None
     assert timeline.found_rate == {"faceDetection": pytest.approx(100 / 160)}
+    sessions.append(warm_with_embed(100.0))
+    timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
+    assert timeline is not None and timeline.found_rate == {}

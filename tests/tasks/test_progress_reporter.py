@@ -151,6 +151,16 @@ def test_the_tail_is_how_much_sooner_the_phase_ended_than_its_steady_pace_said()
     assert tail_batches([], end=46.0, todo=50, batch=10) is None
 
 
+def test_with_batches_in_waves_the_tail_is_measured_over_as_many_waves() -> None:
+    """Marks at the ends of waves of two batches of 10 (each counted twice, once by the
+    batch that ended the wave and once by the one after), 1 item a second, 100 to do,
+    ended at 96 s: the waves 60, 40 and 20 items from the end say 0.3, 0.4 and 0.5 of a
+    batch. Over three waves, the median is 0.4; over three batches, only the last wave."""
+    marks = [(m, n, 60.0) for m, n in ((41.0, 40), (60.0, 60), (79.0, 80)) for _ in (1, 2)]
+    assert tail_batches(marks, end=96.0, todo=100, batch=10, wave=2) == pytest.approx(0.4)
+    assert tail_batches(marks, end=96.0, todo=100, batch=10) == pytest.approx(0.3)
+
+
 def drifting_marks(todo: int, batch: int, drift: float, tail: float) -> tuple[Marks, float]:
     """A phase's steady marks (the reporter's pace since its first batch) when each batch
     takes `drift` longer than the one before, and when its last batch ended: `tail` of a
@@ -231,6 +241,7 @@ def test_the_steady_pace_is_counted_over_whole_waves_of_batches(
     assert paces == [0.0, pytest.approx(300.0), *[pytest.approx(120.0)] * 3]
     assert waves[2:] == [(30, 0.0), (30, 2.0), (50, 0.0)]
     assert waves[0][0] == waves[1][0] == 0  # no whole wave yet
+    assert counts.wave == 2
     reporter.stop()
 
 
