@@ -302,6 +302,12 @@ class WarmIndexer:
 
     def serve_forever(self) -> None:
         """Warm up, listen, and run sessions until SIGTERM or SIGINT."""
+        from flows.runners import without_flow_heartbeats
+
+        with without_flow_heartbeats():  # once for every session (see the function)
+            self._serve()
+
+    def _serve(self) -> None:
         from photoindex.runner import claim, run_session
         from tasks.models.registry import loaded_models
 

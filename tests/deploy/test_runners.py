@@ -123,3 +123,20 @@ def test_a_session_on_a_dask_cluster_matches_the_thread_pool_run(
     assert len(workers) == 2
     assert all(w["project imported"] for w in workers.values()), workers
     assert any(w["clip loaded"] for w in workers.values()), workers
+
+
+def test_flow_heartbeats_turned_off_once_stay_off_without_new_settings() -> None:
+    """A warm indexer turns the flows' heartbeats off once; the session's own blocks then
+    build no new Prefect settings (each build cost 23 ms) and leave them off."""
+    from prefect.settings import get_current_settings
+
+    from flows.runners import without_flow_heartbeats
+
+    assert get_current_settings().flows.heartbeat_frequency is not None
+    with without_flow_heartbeats():
+        outer = get_current_settings()
+        assert outer.flows.heartbeat_frequency is None
+        with without_flow_heartbeats():
+            assert get_current_settings() is outer
+        assert get_current_settings() is outer
+    assert get_current_settings().flows.heartbeat_frequency is not None
