@@ -180,9 +180,8 @@ class ProgressReporter:
     _steady: tuple[float, int] | None = None  # the same when the ramp's items had finished
     _last_done: float = 0.0  # time.monotonic() when items last finished
     _marks: list[tuple[float, int, float]] = field(default_factory=list)
-    """(time.monotonic(), items done, steady pace) at each batch finished at the steady pace;
-    the time and items of the last whole wave's end, which the pace is counted to (`wave`)."""
-    _steady_batches: int = 0  # batches finished after the ramp
+    """(time.monotonic(), items done, steady pace), one for each batch finished after the
+    ramp; the time and items of the last whole wave's end, which the pace is counted to."""
     _wave_end: tuple[float, int] | None = None  # the last whole wave of them: when, items done
     _began: float | None = None  # time.monotonic() when the first batch went in flight
     _rejected: int = 0  # items refused before any batch (`reject`)
@@ -275,8 +274,7 @@ class ProgressReporter:
         if n > 0 and self._steady is None and self.ramp and self._work_done >= self.ramp:
             self._steady = (self._last_done, self._work_done)
         elif n > 0 and self._steady is not None:
-            self._steady_batches += 1
-            if self._steady_batches % max(1, self.wave) == 0:
+            if (len(self._marks) + 1) % max(1, self.wave) == 0:  # this batch ends a wave
                 self._wave_end = (self._last_done, self._work_done)
             paced_to = self._wave_end or (self._last_done, self._work_done)
             self._marks.append((*paced_to, self.pace()))
