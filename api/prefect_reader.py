@@ -526,7 +526,7 @@ class PrefectReader:
             launch=launch_route(raw.parent.tags),
         )
 
-    def _progress(self, raw: _Raw, weights: Weights) -> UnifiedProgressResponse:
+    def progress_of(self, raw: _Raw, weights: Weights) -> UnifiedProgressResponse:
         """The unified progress of fetched data; it also raises the session's floor."""
         response = compute_progress(self._snapshot_of(raw), weights)
         floor = self._floors.get(raw.parent.id, 0.0)
@@ -536,7 +536,7 @@ class PrefectReader:
     async def unified(self, session_id: UUID) -> UnifiedProgressResponse:
         """The unified progress of a session."""
         raw = await self._raw(session_id)
-        return self._progress(raw, await self._session_weights(raw.parent))
+        return self.progress_of(raw, await self._session_weights(raw.parent))
 
     async def training(self, session_id: UUID) -> TrainingProgressResponse:
         """The phase-1-only progress of a session."""
@@ -569,7 +569,7 @@ class PrefectReader:
         )
         out: list[SessionSummary] = []
         for run, (children, artifacts) in zip(parents, phases, strict=True):
-            progress = self._progress(_Raw(run, children, artifacts), weights[run.id])
+            progress = self.progress_of(_Raw(run, children, artifacts), weights[run.id])
             out.append(
                 SessionSummary(
                     session_id=run.id,

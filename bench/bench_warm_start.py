@@ -20,10 +20,16 @@ Measured on set B, cold and warm: time to the first response with percentage > 0
 first batch written (its first status row in the catalog; the steps before it, by
 Prefect's clock, are printed too), progress error (reported percentage minus elapsed
 share of the wall time), ETA error after the first 10 %, whether the percentage ever
-went down, and `completed` after the last phase's end. Beside the ETA's error, its floor:
-the error of a perfect ETA in whole seconds, as the contract gives it, on the same samples
-(5-7 % on a 9-second session). Incremental: wall time, cold
-against warm.
+went down, and `completed` after the last phase's end. Beside the ETA's error, the error
+of the estimate behind it before the contract's whole seconds round it, and their floor:
+the error of a perfect ETA in whole seconds on the same samples (5-7 % on a 9-second
+session). Incremental: wall time, cold against warm.
+
+One calibrating session of each route by default, as the issue measured; with
+`--calibrations N`, N of each (set A again on a wiped catalog), as a service that has run
+a few nights calibrates from its last five (`api.weights.CALIBRATION_SESSIONS`).
+Progress is read once a sample, as the API's endpoint does, and measured at the time the
+progress was computed for.
 
 Run from the repository root: `.venv/bin/python -m bench.bench_warm_start`.
 """
@@ -77,6 +83,8 @@ class Run:
     started: float
     session_id: UUID | None = None
     samples: list[tuple[float, float, int | None, str]] = field(default_factory=list)
+    left_s: list[float | None] = field(default_factory=list)
+    """Each sample's time left before the contract's `etaSeconds` rounds it."""
     first_batch: float | None = None
     """When the API first saw a batch's results (sampled)."""
     steps: dict[str, float] = field(default_factory=dict)
@@ -104,16 +112,17 @@ class Run:
     def errors(self) -> list[float]:
         return [p - 100 * (t - self.started) / self.wall_s for t, p, _, _ in self.during()]
 
-    def eta_errors(self, whole_seconds_only: bool = False) -> list[float]:
-        """The ETA's relative error at each sample after the first 10 % of the run; with
-        `whole_seconds_only`, that of a perfect ETA given in whole seconds, as the
-        contract's `etaSeconds` is: the floor of the same samples' error."""
+    def eta_errors(self, kind: str = "reported") -> list[float]:
+        """The ETA's relative error at each sample after the first 10 % of the run: the
+        `reported` one (`etaSeconds`, whole seconds), the estimate behind it `unrounded`,
+        or the `floor` of the same samples' error, a perfect ETA in whole seconds."""
         out = []
-        for t, _, eta, _ in self.during():
+        for (t, _, eta, _), unrounded in zip(self.during(), self.left_s, strict=False):
             left = self.end - t
             if t - self.started >= 0.1 * self.wall_s and left > 0 and eta is not None:
-                reported = round(left) if whole_seconds_only else eta
-                out.append(abs(reported - left) / left)
+                told = {"reported": eta, "unrounded": unrounded, "floor": round(left)}[kind]
+                if told is not None:
+                    out.append(abs(told - left) / left)
         return out
 
     def first_moving(self) -> float | None:
@@ -140,6 +149,7 @@ class Run:
 
 async def _sample(run: Run, period_s: float) -> None:
     from api.prefect_reader import PrefectUnavailable, default_reader
+    from api.progress import time_left_s
 
     assert run.session_id is not None
     reader = default_reader()
@@ -148,13 +158,13 @@ async def _sample(run: Run, period_s: float) -> None:
             tick = time.monotonic()
             try:
                 asked = time.time()
-                snap, weights, _ = await reader.snapshot(run.session_id)
-                p = await reader.unified(run.session_id)
+                snap, weights, raw = await reader.snapshot(run.session_id)
+                p = reader.progress_of(raw, weights)  # what the API answers from this read
                 run.read_s.append((asked - run.started, time.time() - asked))
             except PrefectUnavailable:
                 await asyncio.sleep(period_s)
                 continue
-            now = time.time()
+            now = snap.now.timestamp()  # the time the progress is computed for
             embed = snap.phase("training").counts
             if run.first_batch is None and embed is not None and embed.fresh > 0:
                 run.first_batch = now - run.started
@@ -162,10 +172,12 @@ async def _sample(run: Run, period_s: float) -> None:
                 (now, p.overall_progress.percentage, p.overall_progress.eta_seconds,
                  p.overall_status)
             )  # fmt: skip
+            run.left_s.append(time_left_s(snap, weights, p))
             run.weights = p.weights_source
             run.trace.append({
                 "t": now - run.started, "pct": p.overall_progress.percentage,
-                "eta": p.overall_progress.eta_seconds, "status": p.overall_status,
+                "eta": p.overall_progress.eta_seconds, "left": run.left_s[-1],
+                "status": p.overall_status,
                 "phases": {key: [phase.status, phase.progress.percentage, phase.message]
                            for key in CONTRACT_KEYS
                            for phase in [getattr(p.phases, key)]},
@@ -395,6 +407,11 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--trace", type=Path, help="write each run's samples here as JSON")
+    parser.add_argument(
+        "--calibrations", type=int, default=1, choices=range(1, 6), metavar="N",
+        help="calibrating sessions on set A before each route's measured one (1-5; "
+             "default 1)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     prepare_process()
@@ -416,13 +433,17 @@ def main() -> None:
     # Cold sessions run with no warm indexer on the machine, as a user's do (with one up,
     # `photoindex index` hands it the session): measured, a loaded indexer beside a cold
     # session process made its imports and model load 0.7-2.4 s slower.
-    runs.append(cold("cold calibration (A)", set_a, args.period))
+    for k in range(args.calibrations):
+        if k:
+            wipe(data)
+        runs.append(cold(f"cold calibration (A){_nth(k, args)}", set_a, args.period))
     wipe(data)
     runs.append(cold_b := cold("cold measured (B)", set_b, args.period))
     indexer = start_indexer(bench.work / "indexer.log")
     try:
-        wipe(data)
-        runs.append(warm("warm calibration (A)", set_a, args.period))
+        for k in range(args.calibrations):
+            wipe(data)
+            runs.append(warm(f"warm calibration (A){_nth(k, args)}", set_a, args.period))
         wipe(data)
         runs.append(warm_b := warm("warm measured (B)", set_b, args.period))
         add_new(set_b, extra, args.new)
@@ -462,21 +483,21 @@ def main() -> None:
     rows = []
     for r in runs:
         errs = [abs(e) for e in r.errors()]
-        eta, floor = r.eta_errors(), r.eta_errors(whole_seconds_only=True)
+        eta, unrounded, floor = (r.eta_errors(k) for k in ("reported", "unrounded", "floor"))
         lag = r.completion_lag()
         rows.append([
             r.label, r.weights, r.wall_s, r.first_moving() or "-", _written(r),
             r.first_batch or "-",
             max(errs) if errs else "-", statistics.fmean(errs) if errs else "-",
-            f"{100 * statistics.median(eta):.1f}%" if eta else "-",
-            f"{100 * statistics.median(floor):.1f}%" if floor else "-",
+            *(f"{100 * statistics.median(e):.1f}%" if e else "-"
+              for e in (eta, unrounded, floor)),
             "yes" if r.went_down() else "no", "-" if lag is None else lag,
             r.retried if SERVER_LOG is not None else "-",
         ])  # fmt: skip
     print(table(
         ["run", "weights", "wall s", "to % > 0 s", "to 1st batch written s",
          "1st batch seen s", "max |err|", "mean |err|",
-         "ETA med err", "whole-s floor", "% went down", "completed lag s",
+         "ETA med err", "unrounded", "whole-s floor", "% went down", "completed lag s",
          "writes retried in server"], rows,
     ))  # fmt: skip
     print(
@@ -503,6 +524,10 @@ def main() -> None:
         f"(<= 2); cold max |err| {max(c_err):.1f} (<= 8); warm to first batch "
         f"{_written(warm_b):.2f} s (<= 2)"
     )
+
+
+def _nth(k: int, args: argparse.Namespace) -> str:
+    return f" #{k + 1}" if args.calibrations > 1 else ""
 
 
 def _written(run: Run) -> float:
