@@ -27,7 +27,7 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
-from api.weights import Timeline, Weights, weights_schema
+from api.weights import Timeline, Weights, startup_milestones, weights_schema
 from photoindex.phases import BY_CONTRACT, CONTRACT_KEYS, SEED_WEIGHTS
 from tasks.progress import STAGES, Counts
 
@@ -465,17 +465,21 @@ def _found_scale(key: str, snap: SessionSnapshot, timeline: Timeline) -> float:
 
 def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) -> float:
     """The session's start-up as it stands: measured up to the last milestone it reached
-    (its run Running, its first phase's run started), calibrated from there on. A first
+    (its run Running, its first phase's run started, its scan, its model load:
+    `startup_milestones`), calibrated from there on. A first
     process after a reboot imports from a cold page cache, and pays it in every part: a
     session that reaches a milestone early or late is not held to the calibrated sum."""
     parts, _ = timeline.startup(snap.launch)
     expected = sum(parts)
     if start is None:
         return expected
-    for reached, when in enumerate((snap.parent.start_time, _run(snap, FIRST).start_time)):
+    milestones = startup_milestones(
+        snap.parent.start_time, _run(snap, FIRST).start_time, snap.phase(FIRST).counts
+    )
+    for reached, when in enumerate(milestones):
         if when is None:
             break
-        expected = max(0.0, (when - start).total_seconds()) + sum(parts[reached + 1 :])
+        expected = max(0.0, when - start.timestamp()) + sum(parts[reached + 1 :])
     return expected
 
 

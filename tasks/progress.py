@@ -58,6 +58,9 @@ class Counts:
     wave_done: int = 0
     wave_at: float = 0.0
     wave: int = 0  # batches in flight together (0: not said)
+    #: When each stage before the work began (stage, epoch seconds), in order: milestones
+    #: that cut a session's start-up (`api.weights.startup_parts`).
+    stage_at: tuple[tuple[str, float], ...] = ()
     #: Items this run looked in for the next phase's work, and the work it found there
     #: (the embed phase: the photos the faces phase will do, and the faces in them).
     looked: int = 0
@@ -88,6 +91,8 @@ class Counts:
                else f" wave_done={self.wave_done} wave_at={self.wave_at:.3f}")
             + ("" if not self.looked else f" looked={self.looked} found={self.found}")
             + ("" if not self.wave else f" wave={self.wave}")
+            + ("" if not self.stage_at else " stage_at="
+               + ",".join(f"{stage}:{at:.3f}" for stage, at in self.stage_at))
         )  # fmt: skip
 
     @classmethod
@@ -122,6 +127,7 @@ class Counts:
                 looked=int(pairs.get("looked", 0)),
                 found=int(pairs.get("found", 0)),
                 wave=int(pairs.get("wave", 0)),
+                stage_at=_stage_at(pairs.get("stage_at", "")),
             )
         except (KeyError, ValueError):
             return None
@@ -131,6 +137,12 @@ def _ramp_marks(text: str) -> tuple[tuple[int, float], ...]:
     """`Counts.ramp_marks` from their description, `n:s,n:s`."""
     marks = (mark.split(":", 1) for mark in text.split(",") if mark)
     return tuple((int(n), float(s)) for n, s in marks)
+
+
+def _stage_at(text: str) -> tuple[tuple[str, float], ...]:
+    """`Counts.stage_at` from its description, `stage:s,stage:s` (unknown stages left out)."""
+    marks = (mark.split(":", 1) for mark in text.split(",") if mark)
+    return tuple((stage, float(at)) for stage, at in marks if stage in STAGES)
 
 
 #: While a phase works on without finishing items (a long clustering, hashing a big
@@ -189,6 +201,12 @@ class ProgressReporter:
     """(items done, seconds since work began) at each ramped batch's end (`Counts.ramp_marks`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _stage_at: list[tuple[str, float]] = field(default_factory=list)
+    """When each stage before the work began (`Counts.stage_at`)."""
+
+    def __post_init__(self) -> None:
+        if self.stage != "working":
+            self._stage_at.append((self.stage, time.time()))
 
     def start(self) -> None:
         """Start the reporter's thread, which creates the artifact at 0 (or at what earlier
@@ -319,6 +337,7 @@ class ProgressReporter:
             looked=self.looked,
             found=self.found,
             wave=self.wave,
+            stage_at=tuple(self._stage_at),
         )
 
     @staticmethod
@@ -344,6 +363,8 @@ class ProgressReporter:
 
     def set_stage(self, stage: str) -> None:
         """Say what the phase does before its items are in flight, and publish it now."""
+        if stage != self.stage and stage != "working":
+            self._stage_at.append((stage, time.time()))
         self.stage = stage
         self.publish()
 

@@ -39,14 +39,18 @@ def session(route: str, created: float, phases: dict[str, tuple[float, float, Co
     return parent, (runs, artifacts)
 
 
-def counts(todo: int, began: float | None, total: int = 100) -> Counts:
+def counts(todo: int, began: float | None, total: int = 100,
+           stages: tuple[tuple[str, float], ...] = ()) -> Counts:
     return Counts(total, total, todo=todo, fresh=todo, done=True,
-                  work_started=at(began).timestamp() if began is not None else 0.0)
+                  work_started=at(began).timestamp() if began is not None else 0.0,
+                  stage_at=tuple((stage, at(s).timestamp()) for stage, s in stages))
 
 
 def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() -> None:
     cold = session("cold", 0.0, {
-        "training": (15.0, 34.0, counts(60, 18.0)),      # start-up 18 s, 16 s for 60 photos
+        # start-up 18 s (scan from 15.5 s, model load from 16.5), 16 s for 60 photos
+        "training": (15.0, 34.0, counts(60, 18.0, stages=(("scanning", 15.5),
+                                                          ("loading", 16.5)))),
         "faceDetection": (34.5, 45.0, counts(60, 36.0)),  # overhead 2 s, 9 s for 60
         "clustering": (45.5, 47.0, counts(1, 46.0)),      # overhead 1 s, 1.5 s to the end
     }, end=47.5)  # fmt: skip
@@ -58,9 +62,10 @@ def test_each_part_of_a_session_is_measured_where_its_phases_say_work_began() ->
     timeline = measure_timeline([cold[0], warm[0]], [cold[1], warm[1]])
     assert timeline is not None and timeline.sessions == 2
     assert timeline.startup_s == {"cold": pytest.approx(18.0), "warm": pytest.approx(1.0)}
-    # cut where the run went Running (0.2 s) and where the embed run started (15 s)
-    assert timeline.startup_parts_s["cold"] == pytest.approx((0.2, 14.8, 3.0))
-    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.5))
+    # cut where the run went Running (0.2 s), where the embed run started (15 s), where it
+    # began its scan and its model load; a session that said no stages has their time after
+    assert timeline.startup_parts_s["cold"] == pytest.approx((0.2, 14.8, 0.5, 1.0, 1.5))
+    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.0, 0.0, 0.5))
     assert timeline.startup("deployment") == timeline.startup("cold")  # the slower route's
     assert timeline.startup("deployment")[1] == "cold"
     assert timeline.per_unit_s["training"] == pytest.approx((16.0 + 6.0) / 80)
@@ -74,12 +79,13 @@ def test_milestones_out_of_order_add_nothing_to_their_part() -> None:
     """An embed run that reports a start before its parent's (clock skew) or a first
     batch: each part stays within the start-up, none is negative."""
     asked = at(0.0).timestamp()
-    assert startup_parts(asked, (at(2.0), at(1.0)), at(10.0).timestamp()) == pytest.approx(
-        (2.0, 0.0, 8.0)
-    )
-    assert startup_parts(asked, (None, at(12.0)), at(10.0).timestamp()) == pytest.approx(
-        (0.0, 10.0, 0.0)
-    )
+    def parts(*milestones: float | None) -> tuple[float, ...]:
+        cuts = [None if m is None else at(m).timestamp() for m in milestones]
+        return startup_parts(asked, cuts, at(10.0).timestamp())
+
+    assert parts(2.0, 1.0) == pytest.approx((2.0, 0.0, 8.0))
+    assert parts(None, 12.0) == pytest.approx((0.0, 10.0, 0.0))
+    assert parts(1.0, 2.0, 6.0, 5.0) == pytest.approx((1.0, 1.0, 4.0, 0.0, 4.0))
 
 
 def test_sessions_from_before_the_timeline_counts_are_left_out() -> None:
@@ -151,7 +157,7 @@ def test_start_up_counts_from_when_the_user_asked_when_the_launcher_says() -> No
     assert timeline is not None
     assert timeline.startup_s == {"cold": pytest.approx(14.0)}  # not 12 s from the run's creation
     # its first part, to the run's claim, has the command's own 2 s in it
-    assert timeline.startup_parts_s["cold"] == pytest.approx((2.2, 0.8, 11.0))
+    assert timeline.startup_parts_s["cold"] == pytest.approx((2.2, 0.8, 0.0, 0.0, 11.0))
 
 
 def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> None:
@@ -170,7 +176,7 @@ def test_one_session_that_stalled_does_not_set_the_estimate_of_the_next() -> Non
     sessions = [warm(0.0, 0.0, 0.0), warm(100.0, 2.0, 2.4), warm(200.0, 0.0, 0.0)]
     timeline = measure_timeline([s[0] for s in sessions], [s[1] for s in sessions], "warm")
     assert timeline is not None and timeline.sessions == 3
-    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.5))
+    assert timeline.startup_parts_s["warm"] == pytest.approx((0.2, 0.3, 0.0, 0.0, 0.5))
     assert timeline.overhead_s["faceDetection"] == pytest.approx(1.0)
 
 

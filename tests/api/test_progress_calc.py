@@ -404,8 +404,9 @@ def test_a_running_phase_moves_with_the_clock_but_never_past_its_work_in_flight(
 # --- the calibrated timeline: start-up counts from the session's creation ------------------
 
 TIMELINE = Timeline(
-    # cold: 3 s to the process's claim, 1 s to the embed run, 12 s of imports and model load
-    startup_parts_s={"cold": (3.0, 1.0, 12.0), "warm": (0.2, 0.3, 1.5)},
+    # cold: 3 s to the process's claim, 1 s to the embed run, then 12 s: 8 of imports, 1.5
+    # finding and hashing the photos, 2.5 loading the model
+    startup_parts_s={"cold": (3.0, 1.0, 8.0, 1.5, 2.5), "warm": (0.2, 0.3, 0.1, 0.9, 0.5)},
     overhead_s={"faceDetection": 1.0, "clustering": 0.5},
     per_unit_s={"training": 0.3, "faceDetection": 0.1, "clustering": 0.01},
     sessions=2,
@@ -489,6 +490,28 @@ def test_the_last_milestone_reached_counts_and_only_the_parts_after_it_are_to_co
     assert result.overall_progress.percentage == pytest.approx(
         100 * 10.0 / (10.0 + left), abs=0.01
     )
+
+
+def test_a_phase_that_finished_its_imports_early_has_only_its_scan_and_load_to_come() -> None:
+    """The embed run started 4 s after the request, as calibrated, and its scan 5 s later,
+    not after the calibrated 8 s of imports: at 10 s, the scan's 1.5 s and the model's
+    2.5 s are to come from 9 s, not the whole 12 s from 4 s. Before its model load, the
+    stage a Dask worker's phase never reaches, the rest is calibrated as one."""
+    def cold(stage_at: tuple[tuple[str, float], ...]) -> UnifiedProgressResponse:
+        counts = Counts(0, 0, stage="scanning", stage_at=stage_at)
+        embed = PhaseSnapshot(run=running(6.0), counts=counts, artifact_updated=ago(1.0))
+        snap = starting("cold", 10.0, parent="RUNNING", training=embed)
+        return calc(replace(snap, parent=replace(snap.parent, start_time=ago(7.0))), TIMED)
+
+    after = 0.3 * 20 + 3.0 + 1.5
+    scanning = cold((("scanning", ago(1.0).timestamp()),))
+    assert scanning.overall_progress.eta_seconds == round(9.0 + 4.0 - 10.0 + after)
+    assert scanning.overall_progress.percentage == pytest.approx(
+        100 * 10.0 / (13.0 + after), abs=0.01
+    )
+    assert cold(()).overall_progress.eta_seconds == round(4.0 + 12.0 - 10.0 + after)
+    loading = cold((("scanning", ago(3.0).timestamp()), ("loading", ago(0.5).timestamp())))
+    assert loading.overall_progress.eta_seconds == round(9.5 + 2.5 - 10.0 + after)
 
 
 def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:

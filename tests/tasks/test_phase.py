@@ -4,6 +4,7 @@ and counts, and when a failing batch ends the phase instead of being recorded.""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,20 @@ def test_what_a_phases_batches_find_for_the_next_phase_is_counted(
     run_fake(FindingPhase(settings, model))
     last = recorder.updates[-1][1]
     assert last is not None and (last.looked, last.found) == (5, 10)
+
+
+def test_a_phase_says_when_it_began_its_scan_and_its_model_load(
+    settings: Settings, library: tuple[str, Library], recorder: Recorder
+) -> None:
+    """The milestones of a session's start-up (`api.weights.startup_milestones`): the scan
+    from the phase's start, then the model load, both before its first batch."""
+    model, _ = library
+    before = time.time()
+    run_fake(FakePhase(settings, model))
+    last = recorder.updates[-1][1]
+    assert last is not None and [stage for stage, _ in last.stage_at] == ["scanning", "loading"]
+    times = [at for _, at in last.stage_at]
+    assert before <= times[0] <= times[1] <= last.work_started
 
 
 def test_a_second_run_reuses_what_is_done_and_follows_moves_and_removals(

@@ -121,11 +121,35 @@ def test_counts_read_back_as_published() -> None:
                     work_started=1.5, stage="loading", last_done=2.5, pace=6.0,
                     ramp=31, batch=16, tail=0.35,
                     ramp_marks=((1, 0.25), (3, 0.5), (7, 1.125)), rejected=1,
-                    wave_done=2, wave_at=2.25, looked=4, found=3)  # fmt: skip
+                    wave_done=2, wave_at=2.25, looked=4, found=3,
+                    stage_at=(("scanning", 0.5), ("loading", 1.25)))  # fmt: skip
     assert Counts.parse(counts.describe()) == counts
     assert Counts.parse(replace(counts, ramp_marks=()).describe()) == replace(counts, ramp_marks=())
     assert Counts.parse(replace(counts, tail=None).describe()) == replace(counts, tail=None)
     assert Counts.parse("current=1 total=2") == Counts(1, 2)  # an older artifact
+
+
+def test_the_stages_before_the_work_say_when_each_began(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A phase created scanning at 100 s, loading its model from 102.5 s: both published
+    with their times (the milestones of a session's start-up), once each, and kept once
+    the work began."""
+    clock = Clock()
+    clock.time = lambda: 100.0 + clock.now
+    monkeypatch.setattr(progress, "time", clock)
+    reporter = ProgressReporter("embed", total=4, interval_s=0.0, heartbeat_s=60,
+                                stage="scanning")  # fmt: skip
+    clock.now = 2.5
+    reporter.set_stage("loading")
+    reporter.set_stage("loading")
+    clock.now = 4.0
+    reporter.begin_work()
+    reporter.advance(processed=4)
+    reporter.finish()
+    assert recorder.updates[-1][1] is not None
+    assert recorder.updates[-1][1].stage_at == (("scanning", 100.0), ("loading", 102.5))
+    assert ProgressReporter("cluster", total=1).counts().stage_at == ()
 
 
 def test_the_tail_is_how_much_sooner_the_phase_ended_than_its_steady_pace_said() -> None:
