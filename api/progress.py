@@ -27,7 +27,7 @@ from api.schemas import (
     TrainingProgressResponse,
     UnifiedProgressResponse,
 )
-from api.weights import Timeline, Weights, startup_milestones, weights_schema
+from api.weights import STARTUP_STAGES, Timeline, Weights, startup_milestones, weights_schema
 from photoindex.phases import BY_CONTRACT, CONTRACT_KEYS, SEED_WEIGHTS
 from tasks.progress import STAGES, Counts
 
@@ -476,9 +476,12 @@ def _startup(snap: SessionSnapshot, timeline: Timeline, start: datetime | None) 
     milestones = startup_milestones(
         snap.parent.start_time, _run(snap, FIRST).start_time, snap.phase(FIRST).counts
     )
+    stages_from = len(milestones) - len(STARTUP_STAGES)
     for reached, when in enumerate(milestones):
         if when is None:
             break
+        if reached >= stages_from and parts[reached] <= 0.0:
+            break  # the calibrating sessions did not say when they reached it (older ones)
         expected = max(0.0, when - start.timestamp()) + sum(parts[reached + 1 :])
     return expected
 

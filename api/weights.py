@@ -49,7 +49,10 @@ def startup_milestones(
 
     A cold session's imports, scan and model load take 4.5, 0.5-1 and 1-2 s: cut there, a
     session that has done its imports is no longer held to a calibrating session whose
-    imports ran 5 s long (the benchmark's first cold process, once)."""
+    imports ran long (5 s, in a benchmark run while other work shared the 2 cores).
+    Sessions from before the stages were counted have their scan and load in their last
+    part, and none before it: until newer ones outnumber them in the window, a session
+    past its scan counts from its first phase's start, as before (`api.progress._startup`)."""
     stages = dict(counts.stage_at) if counts is not None else {}
     return (
         running.timestamp() if running is not None else None,

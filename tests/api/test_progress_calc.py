@@ -496,7 +496,8 @@ def test_a_phase_that_finished_its_imports_early_has_only_its_scan_and_load_to_c
     """The embed run started 4 s after the request, as calibrated, and its scan 5 s later,
     not after the calibrated 8 s of imports: at 10 s, the scan's 1.5 s and the model's
     2.5 s are to come from 9 s, not the whole 12 s from 4 s. Before its model load, the
-    stage a Dask worker's phase never reaches, the rest is calibrated as one."""
+    stage a Dask worker's phase never reaches, the rest is calibrated as one. Calibrated on
+    sessions that did not say their stages' times, the scan is no milestone."""
     def cold(stage_at: tuple[tuple[str, float], ...]) -> UnifiedProgressResponse:
         counts = Counts(0, 0, stage="scanning", stage_at=stage_at)
         embed = PhaseSnapshot(run=running(6.0), counts=counts, artifact_updated=ago(1.0))
@@ -512,6 +513,14 @@ def test_a_phase_that_finished_its_imports_early_has_only_its_scan_and_load_to_c
     assert cold(()).overall_progress.eta_seconds == round(4.0 + 12.0 - 10.0 + after)
     loading = cold((("scanning", ago(3.0).timestamp()), ("loading", ago(0.5).timestamp())))
     assert loading.overall_progress.eta_seconds == round(9.5 + 2.5 - 10.0 + after)
+    # calibrated on sessions from before the stages were counted: their 12 s in one part
+    older = session_weights(Calibration(timeline=replace(
+        TIMELINE, startup_parts_s={"cold": (3.0, 1.0, 0.0, 0.0, 12.0)})), faces=True)  # fmt: skip
+    snap = starting("cold", 10.0, parent="RUNNING", training=PhaseSnapshot(
+        run=running(6.0), artifact_updated=ago(1.0),
+        counts=Counts(0, 0, stage="scanning", stage_at=(("scanning", ago(1.0).timestamp()),))))
+    snap = replace(snap, parent=replace(snap.parent, start_time=ago(7.0)))
+    assert calc(snap, older).overall_progress.eta_seconds == round(4.0 + 12.0 - 10.0 + after)
 
 
 def test_a_start_up_slower_than_calibrated_waits_at_its_share() -> None:
