@@ -7,6 +7,7 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from uuid import UUID
 
@@ -59,7 +60,7 @@ class Counts:
     wave_at: float = 0.0
     wave: int = 0  # batches in flight together (0: not said)
     #: When each stage before the work began (stage, epoch seconds), in order: milestones
-    #: that cut a session's start-up (`api.weights.startup_parts`).
+    #: that cut a session's start-up (`api.weights.startup_milestones`).
     stage_at: tuple[tuple[str, float], ...] = ()
     #: Items this run looked in for the next phase's work, and the work it found there
     #: (the embed phase: the photos the faces phase will do, and the faces in them).
@@ -84,15 +85,13 @@ class Counts:
             f"last_done={self.last_done:.3f} pace={self.pace:.2f} ramp={self.ramp} "
             f"requested={self.requested:.3f} batch={self.batch}"
             + ("" if self.tail is None else f" tail={self.tail:.3f}")
-            + ("" if not self.ramp_marks else " ramp_marks="
-               + ",".join(f"{n}:{s:.3f}" for n, s in self.ramp_marks))
+            + _marks_text("ramp_marks", self.ramp_marks)
             + ("" if not self.rejected else f" rejected={self.rejected}")
             + ("" if not self.wave_at
                else f" wave_done={self.wave_done} wave_at={self.wave_at:.3f}")
             + ("" if not self.looked else f" looked={self.looked} found={self.found}")
             + ("" if not self.wave else f" wave={self.wave}")
-            + ("" if not self.stage_at else " stage_at="
-               + ",".join(f"{stage}:{at:.3f}" for stage, at in self.stage_at))
+            + _marks_text("stage_at", self.stage_at)
         )  # fmt: skip
 
     @classmethod
@@ -120,29 +119,29 @@ class Counts:
                 requested=float(pairs.get("requested", 0.0)),
                 batch=int(pairs.get("batch", 0)),
                 tail=float(pairs["tail"]) if "tail" in pairs else None,
-                ramp_marks=_ramp_marks(pairs.get("ramp_marks", "")),
+                ramp_marks=tuple((int(n), s) for n, s in _marks(pairs.get("ramp_marks", ""))),
                 rejected=int(pairs.get("rejected", 0)),
                 wave_done=int(pairs.get("wave_done", 0)),
                 wave_at=float(pairs.get("wave_at", 0.0)),
                 looked=int(pairs.get("looked", 0)),
                 found=int(pairs.get("found", 0)),
                 wave=int(pairs.get("wave", 0)),
-                stage_at=_stage_at(pairs.get("stage_at", "")),
+                stage_at=tuple((stage, at) for stage, at in _marks(pairs.get("stage_at", ""))
+                               if stage in STAGES),  # unknown stages left out
             )
         except (KeyError, ValueError):
             return None
 
 
-def _ramp_marks(text: str) -> tuple[tuple[int, float], ...]:
-    """`Counts.ramp_marks` from their description, `n:s,n:s`."""
-    marks = (mark.split(":", 1) for mark in text.split(",") if mark)
-    return tuple((int(n), float(s)) for n, s in marks)
+def _marks_text(key: str, marks: Sequence[tuple[object, float]]) -> str:
+    """` key=a:s,a:s` for marks of (what, seconds) in a description (`Counts.ramp_marks`,
+    `Counts.stage_at`); nothing when there are none."""
+    return f" {key}=" + ",".join(f"{what}:{s:.3f}" for what, s in marks) if marks else ""
 
 
-def _stage_at(text: str) -> tuple[tuple[str, float], ...]:
-    """`Counts.stage_at` from its description, `stage:s,stage:s` (unknown stages left out)."""
-    marks = (mark.split(":", 1) for mark in text.split(",") if mark)
-    return tuple((stage, float(at)) for stage, at in marks if stage in STAGES)
+def _marks(text: str) -> list[tuple[str, float]]:
+    """The (what, seconds) marks `_marks_text` wrote."""
+    return [(what, float(s)) for what, s in (m.split(":", 1) for m in text.split(",") if m)]
 
 
 #: While a phase works on without finishing items (a long clustering, hashing a big
